@@ -190,7 +190,8 @@ def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
-        msg = "unknown key (check spelling; see configs/ for valid keys)" if e["type"] == "extra_forbidden" else e["msg"]
+        unknown = e["type"] == "extra_forbidden"
+        msg = "unknown key (check spelling; see configs/ for valid keys)" if unknown else e["msg"]
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 

@@ -179,7 +179,8 @@ def quantize_from_disk(encode_dir: str, label: int, qcfg: QuantizeConfig) -> dic
     k = class_k(len(ids), qcfg, label)
     q = quantize_class(z, k, qcfg.niter, qcfg.nredo, qcfg.seed + label, max(1, round(qcfg.num_cpus)))
     return {"label": label, "ids": ids, "q": q,
-            "w2_mass": w2(z, q.centroids, q.mass), "w2_uniform": w2(z, q.centroids, centroid_weights(q.mass, "uniform"))}
+            "w2_mass": w2(z, q.centroids, q.mass),
+            "w2_uniform": w2(z, q.centroids, centroid_weights(q.mass, "uniform"))}
 
 
 def run_quantize(qcfg: QuantizeConfig, encode_dir: Path, labels: list[int], out: Path, summary: dict) -> None:

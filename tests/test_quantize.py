@@ -3,15 +3,15 @@
 import numpy as np
 import pytest
 
-from ddoq_ray.quantize import assign_exact, centroid_weights, class_k, kmeans, quantize_class, w2
 from ddoq_ray.config import QuantizeConfig
+from ddoq_ray.quantize import assign_exact, centroid_weights, class_k, kmeans, quantize_class, w2
 
 
 def blobs(n=600, d=16, k=5, seed=0):
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, 4, (k, d))
     sizes = rng.multinomial(n, rng.dirichlet(np.ones(k) * 0.7))  # unequal cells, as in real classes
-    x = np.concatenate([c + rng.normal(0, 1, (s, d)) for c, s in zip(centers, sizes)])
+    x = np.concatenate([c + rng.normal(0, 1, (s, d)) for c, s in zip(centers, sizes, strict=True)])
     return x.astype(np.float32).reshape(n, 4, 2, 2)
 
 

@@ -1,0 +1,170 @@
+"""Stage order, resume and results: encode → quantize → decode → train.
+
+Each stage is skipped when ``<run>/<stage>/_SUCCESS.json`` carries the current fingerprint (its config section
+plus everything upstream); otherwise it is recomputed and committed atomically (see :mod:`ddoq_ray.rundir`).
+``results.json`` and the printed table are rebuilt from the committed artifacts at the end of every run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .assets import assets_root, resolve
+from .config import STAGES, RunConfig, dump_config, stage_fingerprint
+from .data import list_split, load_classes
+from .rundir import read_success, stage_done, stage_writer
+
+log = logging.getLogger("ddoq_ray")
+VERSIONED = ("ddoq-ray", "torch", "torchvision", "ray", "diffusers", "faiss-cpu", "faiss-gpu", "pyarrow", "timm",
+             "pot", "numpy", "pydantic")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class Run:
+    """Resolved inputs of one run (paths, class lists, split indexes), shared by the stages."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.dir = Path(cfg.output_dir).resolve()
+        self.root = assets_root(cfg.assets_root)
+        self.train_src = resolve(cfg.data.train, self.root, "data")
+        self.test_src = resolve(cfg.data.test, self.root, "data") if cfg.data.test else None
+        self.vae_path = resolve(cfg.encode.vae, self.root, "model")
+        self.teacher_path = resolve(cfg.train.teacher, self.root, "data") if cfg.train.teacher else None
+        self._train_index = None
+        self.classes: list[str] | None = None
+
+    @property
+    def train_index(self):
+        if self._train_index is None:
+            self._train_index, self.classes = list_split(self.train_src, self.cfg.data, self.cfg.data.max_per_class)
+        return self._train_index
+
+    def prepare(self) -> None:
+        """Create the run directory with the resolved config, versions and class mapping."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        probe = self.dir / ".write-test"
+        try:
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise OSError(f"output_dir {self.dir} is not writable ({e}); pass --set output_dir=...") from e
+        (self.dir / "config.yaml").write_text(dump_config(self.cfg))
+        (self.dir / "versions.json").write_text(json.dumps(versions(), indent=2))
+        _ = self.train_index
+        (self.dir / "classes.json").write_text(json.dumps(self.classes, indent=1))
+
+
+def run_stage(run: Run, stage: str, force: bool = False) -> bool:
+    """Run one stage unless it is already complete; returns True when it ran."""
+    from .runtime import init_ray
+
+    cfg, fp = run.cfg, stage_fingerprint(run.cfg, stage)
+    if not force and stage_done(run.dir, stage, fp):
+        log.info("stage %s: complete (fingerprint %s), skipping", stage, fp)
+        return False
+    up = {"quantize": "encode", "decode": "quantize", "train": "decode"}.get(stage)
+    if up and not stage_done(run.dir, up, stage_fingerprint(cfg, up)):
+        raise RuntimeError(f"stage {stage} needs a complete {up} stage for this config; run `ddoq-ray {up}` first "
+                           "or `ddoq-ray run`")
+    init_ray(cfg.ray)
+    log.info("stage %s: running -> %s", stage, run.dir / stage)
+    with stage_writer(run.dir, stage, fp) as (out, summary):
+        if stage == "encode":
+            from .encode import run_encode
+
+            run_encode(cfg, run.train_index, run.vae_path, out, summary)
+        elif stage == "quantize":
+            from .quantize import run_quantize
+
+            run_quantize(cfg.quantize, run.dir / "encode", list(range(len(run.classes))), out, summary)
+        elif stage == "decode":
+            from .decode import run_decode
+            from .encode import check_meta, latent_shape, read_meta
+            from .quantize import read_centroids
+
+            check_meta(read_meta(run.dir / "encode"), cfg.encode.vae,
+                       latent_shape(run.vae_path, cfg.encode.vae_kind, cfg.data.image_size))
+            run_decode(cfg, read_centroids(run.dir / "quantize"), run.classes, run.vae_path, out, summary)
+        elif stage == "train":
+            from .evaluate import run_train
+
+            if run.test_src is None:
+                raise ValueError("data.test is not set: students need a real test split to be evaluated on")
+            test_index, _ = list_split(run.test_src, cfg.data, cfg.data.max_test_per_class)
+            all_classes = load_classes(cfg.data, run.train_src) or run.classes
+            run_train(cfg, run.dir, run.train_index, test_index, run.classes, all_classes, run.teacher_path, out,
+                      summary)
+        else:
+            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return True
+
+
+def run_all(cfg: RunConfig, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict:
+    """Run (or resume) the given stages in order, then write ``results.json`` and return it."""
+    run = Run(cfg)
+    run.prepare()
+    for stage in stages:
+        run_stage(run, stage, force)
+    return write_results(run)
+
+
+def _mean_std(x: list[float]) -> tuple[float, float]:
+    a = np.asarray(x, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def write_results(run: Run) -> dict:
+    """Collect committed stage outputs into ``<run>/results.json`` (schema in the README)."""
+    d, cfg = run.dir, run.cfg
+    res: dict = {"name": cfg.name, "run_dir": str(d), "ipc": cfg.quantize.ipc, "classes": run.classes,
+                 "versions": versions(), "stages": {}}
+    for stage in STAGES:
+        if (d / stage / "_SUCCESS.json").is_file():
+            res["stages"][stage] = read_success(d, stage)
+    if "quantize" in res["stages"]:
+        res["w2_per_class"] = pq.read_table(d / "quantize" / "classes.parquet").to_pylist()
+    if "train" in res["stages"]:
+        rows = pq.read_table(d / "train" / "students.parquet").to_pylist()
+        res["teacher"] = json.loads((d / "train" / "teacher.json").read_text())
+        res["methods"] = {}
+        for m in dict.fromkeys(r["method"] for r in rows):
+            accs = [r["top1"] for r in rows if r["method"] == m]
+            mean, std = _mean_std(accs)
+            res["methods"][m] = {"top1_mean": mean, "top1_std": std, "top1": accs,
+                                 "seeds": [r["seed"] for r in rows if r["method"] == m]}
+    (d / "results.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
+def results_table(res: dict) -> str:
+    """method | IPC | mean latent W2 | student top-1 (mean ± std), as Markdown."""
+    w2 = res.get("w2_per_class") or []
+    w2_of = {"d4m": np.mean([r["w2_uniform"] for r in w2]) if w2 else None,
+             "ddoq": np.mean([r["w2_mass"] for r in w2]) if w2 else None}
+    lines = ["| method | IPC | mean latent W2 | student top-1 (%) |", "|---|---|---|---|"]
+    methods = res.get("methods") or {m: None for m in ("d4m", "ddoq") if w2}
+    for m, acc in methods.items():
+        w = w2_of.get(m)
+        a = f"{100 * acc['top1_mean']:.2f} ± {100 * acc['top1_std']:.2f} (n={len(acc['top1'])})" if acc else "—"
+        w_txt = f"{w:.4f}" if w is not None else "—"
+        lines.append(f"| {m} | {res['ipc']} | {w_txt} | {a} |")
+    if res.get("teacher"):
+        lines.append(f"| teacher (full data) | — | — | {100 * res['teacher']['top1']:.2f} |")
+    return "\n".join(lines)
