@@ -156,10 +156,11 @@ def write_results(run: Run) -> dict:
 def results_table(res: dict) -> str:
     """method | IPC | mean latent W2 | student top-1 (mean ± std), as Markdown."""
     w2 = res.get("w2_per_class") or []
-    w2_of = {"d4m": np.mean([r["w2_uniform"] for r in w2]) if w2 else None,
+    w2_of = {"random": np.mean([r["w2_random"] for r in w2]) if w2 else None,
+             "d4m": np.mean([r["w2_uniform"] for r in w2]) if w2 else None,
              "ddoq": np.mean([r["w2_mass"] for r in w2]) if w2 else None}
     lines = ["| method | IPC | mean latent W2 | student top-1 (%) |", "|---|---|---|---|"]
-    methods = res.get("methods") or {m: None for m in ("d4m", "ddoq") if w2}
+    methods = res.get("methods") or {m: None for m in ("random", "d4m", "ddoq") if w2}
     for m, acc in methods.items():
         w = w2_of.get(m)
         a = f"{100 * acc['top1_mean']:.2f} ± {100 * acc['top1_std']:.2f} (n={len(acc['top1'])})" if acc else "—"

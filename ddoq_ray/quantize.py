@@ -12,7 +12,8 @@ Artifact ``<run>/quantize/``:
 - ``centroids.parquet``: ``label`` int64, ``k`` int32, ``centroid`` fixed_shape_tensor<float32>[C,h,w],
   ``count`` int64 (latents in the cell), ``mass`` float64 (count / N; sums to 1 per class).
 - ``classes.parquet``: ``label``, ``n`` (latents), ``K``, ``inertia`` (Σ squared distances, float64),
-  ``w2_mass``, ``w2_uniform`` (POT ``ot.emd2``, square-rooted), ``w2_identity`` (= sqrt(inertia / n)).
+  ``w2_mass``, ``w2_uniform`` (POT ``ot.emd2``, square-rooted), ``w2_identity`` (= sqrt(inertia / n)),
+  ``w2_random`` (K random latents of the class, uniform weights: the random-subset baseline's W2).
 - ``assignments.parquet``: ``id``, ``label``, ``k``, ``sqdist`` for every latent (which cell it fell in).
 """
 
@@ -178,7 +179,10 @@ def quantize_from_disk(encode_dir: str, label: int, qcfg: QuantizeConfig) -> dic
     ids, z = read_class_latents(Path(encode_dir), label)
     k = class_k(len(ids), qcfg, label)
     q = quantize_class(z, k, qcfg.niter, qcfg.nredo, qcfg.seed + label, max(1, round(qcfg.num_cpus)))
+    # The random-real-subset baseline as a K-point measure too: K latents of the class, uniform weights.
+    pick = np.random.default_rng(qcfg.seed + label).choice(len(z), size=k, replace=False)
     return {"label": label, "ids": ids, "q": q,
+            "w2_random": w2(z, z[np.sort(pick)], np.full(k, 1.0 / k)),
             "w2_mass": w2(z, q.centroids, q.mass),
             "w2_uniform": w2(z, q.centroids, centroid_weights(q.mass, "uniform"))}
 
@@ -208,7 +212,8 @@ def run_quantize(qcfg: QuantizeConfig, encode_dir: Path, labels: list[int], out:
                               "centroid": to_tensor_array(q.centroids), "count": pa.array(q.counts),
                               "mass": pa.array(q.mass)}))
         cls_rows.append({"label": c, "n": q.n, "K": k, "inertia": q.inertia, "w2_mass": r["w2_mass"],
-                         "w2_uniform": r["w2_uniform"], "w2_identity": float(np.sqrt(q.inertia / q.n))})
+                         "w2_uniform": r["w2_uniform"], "w2_random": r["w2_random"],
+                         "w2_identity": float(np.sqrt(q.inertia / q.n))})
         asg.append(pa.table({"id": pa.array(r["ids"], pa.string()), "label": pa.array([c] * q.n, pa.int64()),
                              "k": pa.array(q.assign.astype(np.int32)), "sqdist": pa.array(q.sqdist)}))
     pq.write_table(pa.concat_tables(cent), out / "centroids.parquet")
