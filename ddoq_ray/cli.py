@@ -38,11 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command == "validate":
-            from .pipeline import Run
-
-            run = Run(cfg)
-            print(f"{args.config}: valid; train={run.train_src} vae={run.vae_path} output_dir={run.dir}")
-            return 0
+            return _validate(cfg, args.config)
         from .pipeline import results_table, run_all
 
         stages = STAGES if args.command == "run" else ("train",) if args.command == "evaluate" else (args.command,)
@@ -53,6 +49,64 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(results_table(res))
     print(f"\nresults: {res['run_dir']}/results.json")
+    return 0
+
+
+def _where(ref: str, root, kind: str) -> tuple[str | None, str]:
+    """Where ``ref`` would be loaded from: ``(resolved or None, description)``; never raises."""
+    from pathlib import Path
+
+    from .assets import AssetNotFoundError, is_uri, resolve
+
+    try:
+        p = resolve(ref, root, kind)
+    except AssetNotFoundError as e:
+        return None, f"WARNING: NOT FOUND offline/here ({e})"
+    if is_uri(p):
+        return p, "remote URI"
+    return (p, f"local copy at {p}") if Path(p).exists() else (p, "hub id, downloaded on first use")
+
+
+def _validate(cfg, source: str) -> int:
+    """Resolve every stage of ``cfg`` without loading weights or data; print where each asset comes from.
+
+    Missing data or models are warnings (a config for a cluster is valid here); wrong types, ranges, VAE/latent
+    mismatches and bad class-id maps raise (exit 2 in :func:`main`).
+    """
+    from .assets import assets_root
+    from .data import load_classes
+    from .decode import validate_decode
+    from .encode import latent_shape
+
+    root = assets_root(cfg.assets_root)
+    refs = [("data.train", cfg.data.train, "data"), ("data.test", cfg.data.test, "data"),
+            ("encode.vae", cfg.encode.vae, "model"), ("decode.model", cfg.decode.model, "model"),
+            ("train.teacher", cfg.train.teacher, "data")]
+    found, where = {}, {}
+    print(f"{source}: assets (assets root: {root})")
+    for name, ref, kind in refs:
+        if ref:
+            found[name], where[name] = _where(ref, root, kind)
+            print(f"  {name}: {ref} -> {where[name]}")
+    size = cfg.data.image_size
+    if where.get("encode.vae", "").startswith("local copy"):
+        shape = latent_shape(found["encode.vae"], cfg.encode.vae_kind, size)
+        how = "from the VAE config"
+    else:
+        if size % 8:
+            raise ValueError(f"data.image_size={size} is not a multiple of 8 (SD-family VAEs downsample by 8)")
+        shape, how = (4, size // 8, size // 8), "assumed: SD-family VAE, f=8, 4 channels"
+    print(f"  encode: {size} px -> latents {'x'.join(map(str, shape))} ({how})")
+    classes = None
+    if isinstance(cfg.data.classes, list) or found.get("data.train"):
+        classes = load_classes(cfg.data, found.get("data.train") or "")
+        if classes is not None and cfg.data.class_subset is not None:
+            classes = [classes[i] for i in cfg.data.class_subset]
+    print(f"  classes: {len(classes) if classes else 'unknown until the data is present'}"
+          + (f" ({len(cfg.data.class_subset)} kept by data.class_subset)" if cfg.data.class_subset else ""))
+    for note in validate_decode(cfg, found.get("decode.model"), shape, classes):
+        print(f"  {note}")
+    print(f"{source}: valid; output_dir={cfg.output_dir}")
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -74,14 +74,72 @@ class QuantizeConfig(_Section):
 
 
 class DecodeConfig(_Section):
-    """Stage 3: centroids -> images."""
+    """Stage 3: centroids -> images (``vae``: VAE decoder only; ``sd_img2img`` / ``dit``: noise each centroid to
+    ``strength``, denoise it conditioned on its class, then VAE-decode; see README "Decode modes")."""
 
-    mode: Literal["vae"] = "vae"
+    mode: Literal["vae", "sd_img2img", "dit"] = "vae"
+    model: str | None = Field(
+        None, description="sd_img2img: SD-1.x/2.x pipeline folder or hub id; dit: diffusers DiT pipeline. Its vae/ "
+                          "decodes; encode.vae must be this id or one of compatible_vaes (same latent space)."
+    )
+    compatible_vaes: list[str] = Field(
+        [], description="encode.vae ids whose latents this model accepts besides its own (e.g. sd-vae-ft-ema/-mse "
+                        "for DiT: they share the SD encoder)."
+    )
+    prompt_template: str = Field("a photo of a {name}", description="sd_img2img prompt; {name} = class name.")
+    negative_prompt: str = "cartoon, anime, painting"
+    strength: float = Field(0.7, description="Noise level in [0, 1]: int(steps*strength) steps run; 0 = VAE decode.")
+    guidance_scale: float = Field(8.0, description="Classifier-free guidance (>= 0; <= 1 disables CFG).")
+    num_inference_steps: int = Field(50, gt=0, description="Scheduler steps for strength 1.")
+    scheduler: str | None = Field(None, description="diffusers scheduler class name (e.g. DDIMScheduler); "
+                                                    "None: the checkpoint's own.")
+    class_ids: list[int] | str | None = Field(
+        None, description="Run label -> model label id (dit): a list, or a JSON file (list, or dict keyed by label "
+                          "or class name). None: ImageNet WNID class names -> ImageNet index, else identity."
+    )
+    images_per_centroid: int = Field(1, ge=1, description="Images per centroid (fresh noise each); weight = mass/n.")
+    seed: int = Field(0, description="Run seed; each image's seed is a hash of (seed, label, k, copy).")
     batch_size: int = Field(64, gt=0)
     output_size: int | None = Field(None, gt=0, description="Resize decoded images to this side (px); None keeps.")
     num_actors: int = Field(1, ge=1)
     num_cpus_per_actor: float = Field(1.0, gt=0)
-    num_gpus_per_actor: float = Field(1.0, ge=0)
+    num_gpus_per_actor: float = Field(1.0, ge=0, description="Used only when the cluster has GPUs (then fp16).")
+
+    @field_validator("strength")
+    @classmethod
+    def _strength(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"strength must be in [0, 1] (0 = plain VAE decode, 1 = start from pure noise); got {v}")
+        return v
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _guidance(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (values <= 1 turn classifier-free guidance off); got {v}")
+        return v
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        try:
+            v.format(name="x")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"prompt_template {v!r} may only use the placeholder {{name}} ({e})") from e
+        return v
+
+    @field_validator("class_ids")
+    @classmethod
+    def _class_ids(cls, v):
+        if isinstance(v, list) and any(i < 0 for i in v):
+            raise ValueError("class_ids must be non-negative model label ids")
+        return v
+
+    @model_validator(mode="after")
+    def _needs_model(self):
+        if self.mode != "vae" and not self.model:
+            raise ValueError(f"decode.mode={self.mode!r} needs decode.model (a pipeline hub id or folder)")
+        return self
 
 
 class TrainConfig(_Section):
@@ -110,10 +168,13 @@ class TrainConfig(_Section):
     min_crop_scale: float = Field(0.5, gt=0, le=1, description="RandomResizedCrop lower scale bound.")
     eval_batch_size: int = Field(500, gt=0)
     num_workers: int = Field(1, ge=0, description="Ray Train workers per student (0 = local mode in driver).")
+    cpus_per_worker: float = Field(
+        1.0, gt=0, description="CPUs per Ray Train worker (= torch threads); 2: one student uses 2 cores."
+    )
     use_gpu: Literal["auto", True, False] = "auto"
     checkpoint_every: int = Field(50, gt=0, description="Epochs between Ray Train checkpoints.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Autocast for student+teacher: auto = bf16 on CPUs with AVX-512 BF16/AMX, fp16 on GPU."
+        "auto", description="Student/teacher autocast. auto: bf16 on CPUs with AVX512-BF16/AMX, fp16 on GPU."
     )
 
 

@@ -1,19 +1,31 @@
 """Stage 3, decode: centroids -> synthetic images, as a Ray Data actor pool.
 
-Mode ``vae``: the encode stage's own VAE decoder, ``x_k = D(c_k)`` (DDOQ §3 with no diffusion refinement).
+Modes (``decode.mode``; the per-image work is in :mod:`ddoq_ray.diffusion`):
+- ``vae``: the encode stage's own VAE decoder, ``x_k = D(c_k)`` (DDOQ §3 with no diffusion refinement).
+- ``sd_img2img``: Stable Diffusion img2img from the centroid (D4M / DDOQ-UNet: strength 0.7, guidance 8, 50 steps).
+- ``dit``: class-conditional DiT partial denoising from the centroid with classifier-free guidance (DDOQ-DiT).
+For the diffusion modes the centroids must live in the decode model's latent space: ``encode.vae`` must be
+``decode.model`` (the encoder loads its ``vae/``) or one of ``decode.compatible_vaes``, else
+:class:`~ddoq_ray.encode.LatentMismatchError`.
 
 Artifact ``<run>/decode/``:
-- ``synthetic/<class name>/<label>_<k>.png``: one image per centroid (ImageFolder layout, usable by any trainer).
+- ``synthetic/<class name>/<label>_<k>.png`` (``<label>_<k>_<copy>.png`` when ``images_per_centroid`` > 1):
+  ImageFolder layout, usable by any trainer.
 - ``manifest.parquet``: ``path`` (relative to ``synthetic/``), ``label`` int64, ``class_name``, ``k`` int32,
-  ``count`` int64, ``mass`` float64 (the centroid's cell mass), ``mode``, ``model`` (decoder id).
-- ``grid.png``: one row per class (up to 20 classes), centroids ordered by mass, heaviest first.
+  ``copy`` int32, ``count`` int64, ``mass`` float64 (the centroid's cell mass), ``weight_mass`` float64
+  (= mass / images_per_centroid, the image's weight), ``mode``, ``model`` (decoder id), ``strength``,
+  ``guidance_scale``, ``steps`` (scheduler steps), ``denoise_steps`` (steps that ran), ``seed`` int64 (the
+  image's own seed). ``vae`` mode records strength/guidance/steps as 0.
+- ``grid.png``: one row per class (up to 20 classes), images ordered by mass, heaviest first.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +33,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .config import RunConfig
-from .vae import decode_latents, load_vae
+from .config import DecodeConfig, RunConfig
+from .diffusion import DiffusionSettings, image_seed, kept_steps, load_decoder
+from .encode import LatentMismatchError
 
 log = logging.getLogger("ddoq_ray")
+# Hub DiT checkpoints whose transformer config is not readable offline: latent side from the id's resolution.
+DIT_RES = re.compile(r"DiT-[A-Za-z]+-\d+-(\d+)")
 
 
 def safe_name(name: str) -> str:
@@ -43,22 +58,126 @@ def to_png(image: np.ndarray, size: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-class VAEDecoder:
-    """Ray Data callable class: ``{label, k, centroid}`` batch -> ``{label, k, png}``."""
+def settings_of(dcfg: DecodeConfig) -> DiffusionSettings:
+    return DiffusionSettings(dcfg.mode, dcfg.strength, dcfg.guidance_scale, dcfg.num_inference_steps, dcfg.scheduler,
+                             dcfg.prompt_template, dcfg.negative_prompt)
 
-    def __init__(self, vae_path: str, kind: str, precision: str, device: str, output_size: int | None,
-                 num_threads: int | None):
-        self.vae = load_vae(vae_path, kind, device, precision, num_threads)
+
+def model_ref(cfg: RunConfig) -> str:
+    """The decoder's id as written in the config (``encode.vae`` for ``vae`` mode)."""
+    return cfg.encode.vae if cfg.decode.mode == "vae" else str(cfg.decode.model)
+
+
+def check_vae_compat(cfg: RunConfig) -> None:
+    """The encode stage must use the decode model's own VAE (or a declared compatible one).
+
+    Raises:
+        LatentMismatchError: naming both ids and how to fix the config.
+    """
+    d = cfg.decode
+    if d.mode == "vae" or cfg.encode.vae in {d.model, *d.compatible_vaes}:
+        return
+    allowed = ", ".join(repr(x) for x in [d.model, *d.compatible_vaes])
+    raise LatentMismatchError(
+        f"decode.mode={d.mode!r} denoises in the latent space of {d.model!r}, but encode.vae={cfg.encode.vae!r}; "
+        f"set encode.vae to one of {allowed} (the model id loads its vae/ subfolder), or list "
+        f"{cfg.encode.vae!r} in decode.compatible_vaes if it shares that model's encoder, and re-run encode")
+
+
+def prompt_names(classes: list[str]) -> list[str]:
+    """Class names for prompts: ImageNet WNIDs become their synonyms (``n01440764`` -> ``tench, Tinca tinca``)."""
+    from .classlists import imagenet_names
+
+    names = imagenet_names()
+    return [names.get(c, c) for c in classes]
+
+
+def class_id_map(class_ids: list[int] | str | None, classes: list[str]) -> list[int] | None:
+    """Model label id per run label (DiT), or None for identity.
+
+    ``None``: when every class name is an ImageNet-1K WNID, its ImageNet index; else identity. A list is indexed by
+    run label. A JSON file holds such a list, or a dict keyed by run label (``"0"``) or class name (e.g. a WNID).
+
+    Raises:
+        ValueError: wrong length, or a class missing from a dict.
+    """
+    from .classlists import imagenet_index, is_wnid
+
+    if class_ids is None:
+        index = imagenet_index()
+        if classes and all(is_wnid(c) and c in index for c in classes):
+            return [index[c] for c in classes]
+        return None
+    ids = class_ids
+    if isinstance(class_ids, str):
+        try:
+            ids = json.loads(Path(class_ids).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"decode.class_ids {class_ids!r}: cannot read a JSON list/dict ({e})") from e
+        if isinstance(ids, dict):
+            missing = [c for i, c in enumerate(classes) if str(i) not in ids and c not in ids]
+            if missing:
+                raise ValueError(f"decode.class_ids {class_ids!r}: no entry for classes {missing[:5]}")
+            ids = [int(ids[str(i)] if str(i) in ids else ids[c]) for i, c in enumerate(classes)]
+    if not isinstance(ids, list) or len(ids) != len(classes):
+        raise ValueError(f"decode.class_ids: {len(ids) if isinstance(ids, list) else 'no'} ids for "
+                         f"{len(classes)} classes; give one model label id per class (run label order)")
+    return [int(i) for i in ids]
+
+
+def _dit_sample_size(model_path: str, ref: str) -> int | None:
+    """``transformer.config.sample_size`` (latent side) from a local config, else from a hub id like ``-256``."""
+    cfg = Path(model_path) / "transformer" / "config.json"
+    if cfg.is_file():
+        return int(json.loads(cfg.read_text())["sample_size"])
+    m = DIT_RES.search(ref)
+    return int(m.group(1)) // 8 if m else None
+
+
+def check_model_shape(mode: str, model_path: str, ref: str, shape: tuple[int, ...]) -> None:
+    """A DiT only accepts latents of its ``sample_size`` (fixed positional embedding); UNets take any multiple.
+
+    Raises:
+        LatentMismatchError: the centroids' ``(C, h, w)`` does not fit the model.
+    """
+    if mode != "dit":
+        return
+    side = _dit_sample_size(model_path, ref)
+    if side is not None and tuple(shape[1:]) != (side, side):
+        raise LatentMismatchError(
+            f"decode.model {ref!r} takes {side}x{side} latents ({side * 8} px with an f=8 VAE) but the centroids "
+            f"are {tuple(shape)}; set data.image_size so that image_size / f = {side} and re-run encode")
+
+
+class CentroidDecoder:
+    """Ray Data callable class: ``{label, k, copy, seed, centroid}`` batch -> ``{label, k, copy, png}``."""
+
+    def __init__(self, settings: dict, model_path: str, class_names: list[str], model_labels: list[int] | None,
+                 device: str, precision: str, vae_kind: str, output_size: int | None, num_threads: int | None):
+        self.decoder = load_decoder(DiffusionSettings(**settings), model_path, class_names=class_names,
+                                    model_labels=model_labels, device=device, precision=precision,
+                                    vae_kind=vae_kind, num_threads=num_threads)
         self.output_size = output_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = decode_latents(self.vae, np.stack(batch["centroid"]))
+        labels = [int(x) for x in batch["label"]]
+        images = self.decoder.decode(np.stack(batch["centroid"]), labels, [int(s) for s in batch["seed"]])
         png = np.array([to_png(im, self.output_size) for im in images], dtype=object)
-        return {"label": batch["label"], "k": batch["k"], "png": png}
+        return {"label": batch["label"], "k": batch["k"], "copy": batch["copy"], "png": png}
+
+
+def expand_copies(centroids: pa.Table, copies: int, seed: int) -> pa.Table:
+    """One row per output image: ``label, k, copy, seed, centroid`` (each centroid repeated ``copies`` times)."""
+    t = centroids.select(["label", "k", "centroid"])
+    t = t.take(pa.array(np.repeat(np.arange(t.num_rows), copies)))
+    copy = np.tile(np.arange(copies, dtype=np.int32), centroids.num_rows)
+    seeds = [image_seed(seed, int(lab), int(k), int(c))
+             for lab, k, c in zip(t.column("label").to_pylist(), t.column("k").to_pylist(), copy, strict=True)]
+    return t.append_column("copy", pa.array(copy)).append_column("seed", pa.array(seeds, pa.int64()))
 
 
 def make_grid(manifest: pa.Table, root: Path, max_classes: int = 20, cell: int = 64) -> Image.Image:
-    """Rows = classes, columns = centroids ordered by mass (heaviest left)."""
+    """Rows = classes, columns = images ordered by mass (heaviest left)."""
     rows = manifest.to_pylist()
     labels = sorted({r["label"] for r in rows})[:max_classes]
     k_max = max(sum(r["label"] == c for r in rows) for c in labels)
@@ -73,53 +192,118 @@ def make_grid(manifest: pa.Table, root: Path, max_classes: int = 20, cell: int =
 
 def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path: str, out: Path,
                summary: dict) -> None:
-    """Decode every centroid through an actor pool; the driver writes PNGs and the manifest."""
+    """Decode every centroid (``images_per_centroid`` times) through an actor pool; the driver writes PNGs and the
+    manifest.
+
+    Args:
+        vae_path: the resolved ``encode.vae`` (the decoder in ``vae`` mode).
+    Raises:
+        LatentMismatchError: encode VAE or latent shape does not fit the decode model.
+    """
     import ray
     from tqdm.auto import tqdm
 
+    from .assets import assets_root, resolve
     from .runtime import cluster_gpus
 
     dcfg = cfg.decode
+    check_vae_compat(cfg)
+    model_path = vae_path if dcfg.mode == "vae" else resolve(str(dcfg.model), assets_root(cfg.assets_root), "model")
+    shape = tuple(centroids.schema.field("centroid").type.shape)
+    check_model_shape(dcfg.mode, model_path, model_ref(cfg), shape)
     device = "cuda" if cluster_gpus() and dcfg.num_gpus_per_actor > 0 else "cpu"
     threads = None if device == "cuda" else max(1, round(dcfg.num_cpus_per_actor))
-    table = centroids.select(["label", "k", "centroid"])
+    n_copy = dcfg.images_per_centroid
+    table = expand_copies(centroids, n_copy, dcfg.seed)
+    labels_map = class_id_map(dcfg.class_ids, classes) if dcfg.mode == "dit" else None
+    log.info("decode: %d centroids x %d -> images, mode %s with %s on %s", centroids.num_rows, n_copy, dcfg.mode,
+             model_path, device)
     ds = ray.data.from_arrow(table).map_batches(
-        VAEDecoder,
-        fn_constructor_kwargs={"vae_path": vae_path, "kind": cfg.encode.vae_kind, "precision": cfg.encode.precision,
-                               "device": device, "output_size": dcfg.output_size, "num_threads": threads},
+        CentroidDecoder,
+        fn_constructor_kwargs={"settings": asdict(settings_of(dcfg)), "model_path": model_path,
+                               "class_names": prompt_names(classes), "model_labels": labels_map, "device": device,
+                               "precision": cfg.encode.precision, "vae_kind": cfg.encode.vae_kind,
+                               "output_size": dcfg.output_size, "num_threads": threads},
         compute=ray.data.ActorPoolStrategy(size=dcfg.num_actors), batch_size=dcfg.batch_size, batch_format="numpy",
         num_cpus=dcfg.num_cpus_per_actor, num_gpus=dcfg.num_gpus_per_actor if device == "cuda" else None,
     )
     root = out / "synthetic"
     meta = {(int(r["label"]), int(r["k"])): r for r in centroids.select(["label", "k", "count", "mass"]).to_pylist()}
+    seeds = {(r["label"], r["k"], r["copy"]): r["seed"]
+             for r in table.select(["label", "k", "copy", "seed"]).to_pylist()}
+    diffusion = dcfg.mode != "vae"
+    fixed = {"mode": dcfg.mode, "model": model_ref(cfg), "strength": dcfg.strength if diffusion else 0.0,
+             "guidance_scale": dcfg.guidance_scale if diffusion else 0.0,
+             "steps": dcfg.num_inference_steps if diffusion else 0,
+             "denoise_steps": kept_steps(dcfg.num_inference_steps, dcfg.strength) if diffusion else 0}
     rows = []
-    with tqdm(total=table.num_rows, desc="decode (centroids)", unit="img") as bar:
+    with tqdm(total=table.num_rows, desc=f"decode ({dcfg.mode})", unit="img") as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for label, k, png in zip(batch["label"], batch["k"], batch["png"], strict=True):
-                label, k = int(label), int(k)
-                rel = f"{safe_name(classes[label])}/{label}_{k}.png"
+            for label, k, c, png in zip(batch["label"], batch["k"], batch["copy"], batch["png"], strict=True):
+                label, k, c = int(label), int(k), int(c)
+                rel = f"{safe_name(classes[label])}/{label}_{k}" + (f"_{c}.png" if n_copy > 1 else ".png")
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / rel).write_bytes(png)
                 m = meta[(label, k)]
-                rows.append({"path": rel, "label": label, "class_name": classes[label], "k": k,
-                             "count": int(m["count"]), "mass": float(m["mass"]), "mode": dcfg.mode,
-                             "model": cfg.encode.vae})
+                rows.append({"path": rel, "label": label, "class_name": classes[label], "k": k, "copy": c,
+                             "count": int(m["count"]), "mass": float(m["mass"]),
+                             "weight_mass": float(m["mass"]) / n_copy, **fixed, "seed": int(seeds[(label, k, c)])})
             bar.update(len(batch["label"]))
     if len(rows) != table.num_rows:
-        raise RuntimeError(f"decode: {table.num_rows} centroids in, {len(rows)} images out")
-    manifest = pa.Table.from_pylist(sorted(rows, key=lambda r: (r["label"], r["k"])))
+        raise RuntimeError(f"decode: {table.num_rows} images expected, {len(rows)} written")
+    manifest = pa.Table.from_pylist(sorted(rows, key=lambda r: (r["label"], r["k"], r["copy"])))
+    manifest = manifest.set_column(manifest.schema.get_field_index("k"), "k", manifest.column("k").cast(pa.int32()))
+    manifest = manifest.set_column(manifest.schema.get_field_index("copy"), "copy",
+                                   manifest.column("copy").cast(pa.int32()))
     pq.write_table(manifest, out / "manifest.parquet")
     make_grid(manifest, root).save(out / "grid.png")
-    summary.update({"images": len(rows), "mode": dcfg.mode})
+    summary.update({"images": len(rows), "mode": dcfg.mode, "model": model_ref(cfg), "images_per_centroid": n_copy})
 
 
 def load_synthetic(decode_dir: Path, size: int) -> dict[str, np.ndarray]:
-    """The decoded set in memory for training: ``images`` uint8 [n,size,size,3], ``labels`` int64, ``mass``."""
+    """The decoded set in memory for training: ``images`` uint8 [n,size,size,3], ``labels`` int64, ``mass`` float64
+    (each image's weight: its centroid's mass / images_per_centroid), ``k`` int64."""
     from .data import decode_image
 
     manifest = pq.read_table(Path(decode_dir) / "manifest.parquet").to_pylist()
     root = Path(decode_dir) / "synthetic"
     images = np.stack([decode_image((root / r["path"]).read_bytes(), size) for r in manifest])
     return {"images": images, "labels": np.array([r["label"] for r in manifest], dtype=np.int64),
-            "mass": np.array([r["mass"] for r in manifest], dtype=np.float64),
+            "mass": np.array([r.get("weight_mass", r["mass"]) for r in manifest], dtype=np.float64),
             "k": np.array([r["k"] for r in manifest], dtype=np.int64)}
+
+
+def validate_decode(cfg: RunConfig, model_path: str | None, encode_shape: tuple[int, int, int] | None,
+                    classes: list[str] | None) -> list[str]:
+    """Check the decode section without loading weights (for ``ddoq-ray validate``); returns notes to print.
+
+    Args:
+        model_path: ``decode.model`` resolved (None when not available offline).
+        encode_shape: the encode stage's latent ``(C, h, w)``.
+        classes: the run's class names when known (for ``class_ids``).
+    Raises:
+        LatentMismatchError, ValueError: an invalid combination, with a message naming the fields.
+    """
+    d, notes = cfg.decode, []
+    check_vae_compat(cfg)
+    if d.mode == "vae":
+        return [f"decode: vae mode with {cfg.encode.vae!r}"]
+    if d.scheduler:
+        import diffusers
+
+        if not (d.scheduler.endswith("Scheduler") and hasattr(diffusers, d.scheduler)):
+            raise ValueError(f"decode.scheduler={d.scheduler!r} is not a diffusers scheduler class")
+    if encode_shape is not None:
+        check_model_shape(d.mode, model_path or "", str(d.model), encode_shape)
+    notes.append(f"decode: {d.mode} with {d.model!r}: {kept_steps(d.num_inference_steps, d.strength)} of "
+                 f"{d.num_inference_steps} steps at strength {d.strength}, guidance {d.guidance_scale}, "
+                 f"{d.images_per_centroid} image(s) per centroid, output {d.output_size or 'native'} px")
+    if d.mode == "dit" and classes is not None:
+        ids = class_id_map(d.class_ids, classes)
+        more = " ..." if ids and len(ids) > 10 else ""
+        notes.append(f"decode: model class ids {'identity' if ids is None else ids[:10]}{more}")
+    elif d.mode == "dit" and isinstance(d.class_ids, list):
+        notes.append(f"decode: {len(d.class_ids)} class ids given; class count unknown until the data is present")
+    elif d.mode == "dit":
+        notes.append("decode: class ids from the data's class names (ImageNet WNIDs -> ImageNet index; else identity)")
+    return notes

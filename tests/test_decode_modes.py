@@ -1,0 +1,212 @@
+"""Decode modes (vae, sd_img2img, dit) with tiny random-weight diffusers models (stack.md §5.5 configs), saved with
+``save_pretrained`` and loaded through the real ``from_pretrained`` path; class lists; ``ddoq-ray validate``."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from conftest import REPO
+
+from ddoq_ray.classlists import SUBSETS, imagenet_classes, imagenet_index, subset_wnids
+from ddoq_ray.config import RunConfig
+from ddoq_ray.decode import class_id_map, load_synthetic, run_decode
+from ddoq_ray.diffusion import DiffusionSettings, image_seed, load_decoder
+from ddoq_ray.encode import to_tensor_array
+from ddoq_ray.vae import decode_latents, load_vae
+
+IMAGENET_CONFIGS = ["imagenet1k_sd_ipc10", "imagenet1k_dit_ipc10", "imagenette_dit_ipc10", "imagewoof_dit_ipc10"]
+
+
+def _bytes_to_unicode() -> list[str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def make_sd(path: Path) -> Path:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
+    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        latent_channels=4)
+    chars = _bytes_to_unicode()
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    te = CLIPTextModel(CLIPTextConfig(bos_token_id=512, eos_token_id=513, pad_token_id=513, hidden_size=32,
+                                      intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
+                                      num_hidden_layers=5, vocab_size=514))
+    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+                                          scheduler=DDIMScheduler(clip_sample=False, steps_offset=1),
+                                          safety_checker=None, feature_extractor=None, image_encoder=None,
+                                          requires_safety_checker=False)
+    pipe.save_pretrained(path)
+    return path
+
+
+def make_dit(path: Path) -> Path:
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    tr = DiTTransformer2DModel(sample_size=16, num_layers=2, patch_size=4, attention_head_dim=8, num_attention_heads=2,
+                               in_channels=4, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+                               num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False)
+    sched = DDIMScheduler(clip_sample=False, steps_offset=1)
+    DiTPipeline(transformer=tr, vae=AutoencoderKL(), scheduler=sched).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {"sd": str(make_sd(root / "sd")), "dit": str(make_dit(root / "dit"))}
+
+
+# SD tiny VAE is f=2 (8x8 latents -> 16 px); the DiT takes 16x16 latents (sample_size 16) with an f=1 VAE.
+SHAPES = {"sd_img2img": (4, 8, 8), "dit": (4, 16, 16)}
+FAST = {"num_inference_steps": 4, "scheduler": "DDIMScheduler"}
+
+
+def _decoder(models, mode, strength=0.5, **kw):
+    s = DiffusionSettings(mode=mode, strength=strength, guidance_scale=kw.pop("guidance_scale", 4.0), **FAST)
+    path = models["sd" if mode == "sd_img2img" else "dit"]
+    return load_decoder(s, path, class_names=["tench", "golf ball"], **kw)
+
+
+def _latents(mode, n=3, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, *SHAPES[mode])).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["sd_img2img", "dit"])
+def test_shapes_and_determinism(models, mode):
+    dec = _decoder(models, mode)
+    z = _latents(mode)
+    a = dec.decode(z, [0, 1, 0], [1, 2, 3])
+    side = 16
+    assert a.shape == (3, side, side, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, dec.decode(z, [0, 1, 0], [1, 2, 3]))  # same seeds -> same pixels
+    b = dec.decode(z, [0, 1, 0], [1, 2, 99])
+    np.testing.assert_array_equal(a[:2], b[:2])  # per-image seeds: other rows untouched
+    assert (a[2] != b[2]).any()  # another seed -> another image
+
+
+@pytest.mark.parametrize("mode", ["sd_img2img", "dit"])
+def test_strength_zero_is_plain_vae_decode(models, mode):
+    z = _latents(mode)
+    got = _decoder(models, mode, strength=0.0).decode(z, [0, 1, 0], [1, 2, 3])
+    ref = decode_latents(load_vae(models["sd" if mode == "sd_img2img" else "dit"], precision="fp32"), z)
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+    moved = _decoder(models, mode, strength=0.5).decode(z, [0, 1, 0], [1, 2, 3])
+    assert np.abs(moved.astype(int) - ref.astype(int)).max() > 1
+
+
+def test_dit_class_ids_out_of_range_refused(models):
+    with pytest.raises(ValueError, match="outside the model's 1000 classes"):
+        _decoder(models, "dit", model_labels=[0, 1000])
+
+
+def test_image_seed_is_stable_and_distinct():
+    assert image_seed(0, 1, 2, 0) == image_seed(0, 1, 2, 0)
+    assert len({image_seed(s, c, k, r) for s in (0, 1) for c in range(3) for k in range(3) for r in range(2)}) == 36
+    assert 0 <= image_seed(7, 999, 49, 3) < 2**63
+
+
+def test_class_id_map(tmp_path):
+    assert class_id_map(None, ["n01440764", "n03888257"]) == [0, 701]  # WNIDs -> ImageNet index
+    assert class_id_map(None, ["cat", "dog"]) is None  # identity
+    assert class_id_map([5, 7], ["a", "b"]) == [5, 7]
+    (tmp_path / "m.json").write_text(json.dumps({"b": 3, "0": 9}))
+    assert class_id_map(str(tmp_path / "m.json"), ["a", "b"]) == [9, 3]
+    with pytest.raises(ValueError, match="1 ids for 2 classes"):
+        class_id_map([5], ["a", "b"])
+
+
+def test_classlists():
+    classes = imagenet_classes()
+    wnids = [w for w, _ in classes]
+    assert len(wnids) == 1000 == len(set(wnids)) and wnids == sorted(wnids)  # label order = sorted WNIDs
+    assert classes[0] == ("n01440764", "tench, Tinca tinca") and classes[999][0] == "n15075141"
+    index = imagenet_index()
+    expected = {"imagenette": [0, 217, 482, 491, 497, 566, 569, 571, 574, 701],
+                "imagewoof": [155, 159, 162, 167, 182, 193, 207, 229, 258, 273]}
+    for name in SUBSETS:
+        wn = subset_wnids(name)
+        assert len(wn) == 10 == len(set(wn)) and all(w in index for w in wn)
+        assert [index[w] for w in wn] == expected[name]
+        cfg = yaml.safe_load((REPO / "configs" / f"{name}_dit_ipc10.yaml").read_text())
+        assert cfg["data"]["class_subset"] == expected[name]  # the config selects exactly these WNIDs
+
+
+def _centroids(shape, classes=2, k=2):
+    rng = np.random.default_rng(0)
+    n = classes * k
+    mass = np.tile(np.array([0.75, 0.25])[:k], classes)
+    return pa.table({"label": pa.array(np.repeat(np.arange(classes), k), pa.int64()),
+                     "k": pa.array(np.tile(np.arange(k), classes), pa.int32()),
+                     "centroid": to_tensor_array(rng.normal(size=(n, *shape)).astype(np.float32)),
+                     "count": pa.array((mass * 100).astype(np.int64)), "mass": pa.array(mass)})
+
+
+def test_run_decode_all_modes_through_ray(ray_session, models, tmp_path):
+    classes = ["n01440764", "golf ball"]
+    cases = {"vae": (models["sd"], {}, SHAPES["sd_img2img"], 8),
+             "sd_img2img": (models["sd"], {"model": models["sd"]}, SHAPES["sd_img2img"], 8),
+             "dit": (models["dit"], {"model": models["dit"], "guidance_scale": 4.0}, SHAPES["dit"], 16)}
+    for mode, (vae, extra, shape, size) in cases.items():
+        cfg = RunConfig.model_validate({
+            "data": {"train": "unused", "image_size": size}, "encode": {"vae": vae, "precision": "fp32"},
+            "decode": {"mode": mode, "images_per_centroid": 2, "batch_size": 4, "output_size": 24, **FAST, **extra}})
+        out = tmp_path / mode
+        out.mkdir()
+        summary = {}
+        run_decode(cfg, _centroids(shape), classes, vae, out, summary)
+        m = pq.read_table(out / "manifest.parquet").to_pylist()
+        assert summary["images"] == len(m) == 8 and {r["copy"] for r in m} == {0, 1}
+        assert all(r["mode"] == mode and r["weight_mass"] == pytest.approx(r["mass"] / 2) for r in m)
+        assert len({r["seed"] for r in m}) == 8 and m[0]["path"] == "n01440764/0_0_0.png"
+        assert m[0]["steps"] == (4 if mode != "vae" else 0) and m[0]["denoise_steps"] == (2 if mode != "vae" else 0)
+        syn = load_synthetic(out, 24)
+        assert syn["images"].shape == (8, 24, 24, 3)
+        assert syn["mass"].sum() == pytest.approx(2.0)  # per class: masses sum to 1 over all copies
+        assert (out / "grid.png").is_file()
+        if mode != "vae":  # the two copies of a centroid got different noise
+            a, b = (load_synthetic(out, 24)["images"][i] for i in (0, 1))
+            assert (a != b).any()
+
+
+def test_validate_accepts_imagenet_configs(capsys):
+    from ddoq_ray.cli import main
+
+    for name in IMAGENET_CONFIGS:
+        assert main(["validate", str(REPO / "configs" / f"{name}.yaml")]) == 0, name
+        out = capsys.readouterr().out
+        assert "valid" in out and ("4x64x64" in out if "sd" in name else "4x32x32" in out)
+
+
+def test_validate_refuses_mismatched_vae_and_shape(capsys):
+    from ddoq_ray.cli import main
+
+    cfg = str(REPO / "configs" / "imagenet1k_dit_ipc10.yaml")
+    assert main(["validate", cfg, "--set", "encode.vae=madebyollin/taesd"]) == 2
+    err = capsys.readouterr().err
+    assert "latent space of 'facebook/DiT-XL-2-256'" in err and "encode.vae='madebyollin/taesd'" in err
+    assert main(["validate", cfg, "--set", "data.image_size=512"]) == 2
+    assert "takes 32x32 latents" in capsys.readouterr().err
+    assert main(["validate", cfg, "--set", "decode.strength=1.5"]) == 2
+    assert "strength must be in [0, 1]" in capsys.readouterr().err
+
+
