@@ -61,7 +61,7 @@ def test_students_beat_chance_and_teacher_is_strong(smoke_run):
     assert res["teacher"]["top1"] > 0.85  # pretrained ResNet-56 on 3 classes of the JPEG test split
     for m in ("random", "d4m", "ddoq"):
         accs = res["methods"][m]["top1"]
-        assert len(accs) == 2 and min(accs) > 0.45  # chance is 1/3; floor measured on this machine (see README)
+        assert len(accs) == 2 and min(accs) > 0.40  # chance 1/3; measured 0.47-0.62 here (2 CPUs)
     table = results_table(res)
     assert re.search(r"\| ddoq \| 5 \| \d+\.\d{4} \| \d+\.\d\d ± \d+\.\d\d", table)
 
