@@ -22,13 +22,15 @@ class AssetNotFoundError(FileNotFoundError):
 
 def assets_root(configured: str | None = None) -> Path | None:
     """The assets folder: ``configured`` → ``$DDOQ_ASSETS`` → ``./../shared`` → ``<repo>/../shared``."""
-    candidates = [configured, os.environ.get("DDOQ_ASSETS"), Path.cwd().parent / "shared",
-                  PACKAGE_ROOT.parent / "shared"]
-    for c in candidates:
-        if c and Path(c).is_dir():
+    explicit = [("assets_root", configured), ("$DDOQ_ASSETS", os.environ.get("DDOQ_ASSETS"))]
+    for what, c in explicit:  # an explicit setting that points nowhere is an error, not a fallback
+        if c:
+            if not Path(c).is_dir():
+                raise AssetNotFoundError(f"{what} {c!r} is not a directory (fix it, or unset it to use ../shared)")
             return Path(c).resolve()
-    if configured:
-        raise AssetNotFoundError(f"assets_root {configured!r} is not a directory (set assets_root or $DDOQ_ASSETS)")
+    for c in (Path.cwd().parent / "shared", PACKAGE_ROOT.parent / "shared"):
+        if c.is_dir():
+            return c.resolve()
     return None
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from PIL import Image, ImageOps
 
 from .config import DataConfig
 
+log = logging.getLogger("ddoq_ray")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 # Refuse decompression bombs well above ImageNet's largest images (~ 100 MP), instead of PIL's warning only.
 Image.MAX_IMAGE_PIXELS = 200_000_000
@@ -85,6 +88,8 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
                 return np.asarray(im, dtype=np.uint8).copy()
     except ImageDecodeError:
         raise
+    except Image.UnidentifiedImageError as e:
+        raise ImageDecodeError("cannot decode image: not an image file, or a format Pillow cannot read") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"image too large (decompression-bomb limit {Image.MAX_IMAGE_PIXELS} px): {e}") from e
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError) for bad files
@@ -102,8 +107,11 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
     ok = np.ones(n, dtype=bool)
     errors = np.array([""] * n, dtype=object)
     for i, data in enumerate(batch["bytes"]):
+        if data is None:
+            ok[i], errors[i] = False, "missing image (null value, or the file could not be read)"
+            continue
         try:
-            images[i] = decode_image(bytes(data) if data is not None else b"", size)
+            images[i] = decode_image(bytes(data), size)
         except ImageDecodeError as e:
             ok[i], errors[i] = False, str(e)
     return {"id": batch["id"], "label": batch["label"], "image": images, "ok": ok, "error": errors}
@@ -137,8 +145,13 @@ def _parquet_files(source: str) -> list[str]:
     return [source]
 
 
+def _display(name: str) -> str:
+    """A printable, UTF-8-safe form of a file name (non-UTF-8 bytes become ``\\xNN`` escapes)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _class_folders(root: Path) -> list[str]:
-    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return sorted(_display(d.name) for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def load_classes(dcfg: DataConfig, source: str) -> list[str] | None:
@@ -200,23 +213,35 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None) 
             ids = (pc.cast(t.column(id_col), pa.string()) if id_col
                    else pa.array([f"{Path(f).name}:{i}" for i in range(n)]))
             parts.append(pa.table({"id": ids, "orig_label": pc.cast(labels, pa.int64()),
-                                   "file": pa.array([f] * n), "row": pa.array(np.arange(n, dtype=np.int64))}))
+                                   "file": pa.array([os.fsencode(f)] * n, pa.binary()),
+                                   "row": pa.array(np.arange(n, dtype=np.int64))}))
         index = pa.concat_tables(parts)
     else:
         root = Path(source)
-        names = _class_folders(root)
+        dirs = {_display(d.name): d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
+        names = sorted(dirs)
         if classes is not None and classes != names and set(names) - set(classes):
             raise DataError(f"{source}: class folders {sorted(set(names) - set(classes))} are not in classes")
         classes = classes or names
-        ids, labels, files = [], [], []
+        ids, labels, files, ignored = [], [], [], []
         for c in names:
-            for p in sorted((root / c).rglob("*")):
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-                    ids.append(str(p.relative_to(root)))
+            for p in sorted(dirs[c].rglob("*")):
+                if not p.is_file():
+                    continue
+                rel = _display(str(p.relative_to(root)))
+                if p.suffix.lower() in IMAGE_EXTENSIONS:
+                    ids.append(rel)
                     labels.append(classes.index(c))
-                    files.append(str(p))
+                    files.append(os.fsencode(p))
+                else:
+                    ignored.append(rel)
+        stray = [_display(p.name) for p in root.iterdir() if p.is_file()]
+        if ignored or stray:
+            log.warning("%s: ignored %d files that are not images (%s)", source, len(ignored) + len(stray),
+                        ", ".join((ignored + stray)[:5]))
         index = pa.table({"id": pa.array(ids, pa.string()), "orig_label": pa.array(labels, pa.int64()),
-                          "file": pa.array(files, pa.string()), "row": pa.array([-1] * len(ids), pa.int64())})
+                          "file": pa.array(files, pa.binary()), "row": pa.array([-1] * len(ids), pa.int64())})
+        index = index.replace_schema_metadata({"ignored_files": json.dumps(ignored + stray)})
     if index.num_rows == 0:
         raise DataError(f"{source}: split has no images")
     orig = index.column("orig_label").to_numpy()
@@ -237,18 +262,25 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None) 
         for i in np.flatnonzero(mask):  # first N of each class, in file order (deterministic)
             seen[new[i]] += 1
             mask[i] = seen[new[i]] <= max_per_class
+    counts = np.bincount(new[mask], minlength=len(keep_labels))
+    if (counts == 0).any():
+        empty = [f"{classes[keep_labels[c]]!r} (label {keep_labels[c]})" for c in np.flatnonzero(counts == 0)]
+        raise DataError(f"{source}: classes with no images: {', '.join(empty[:10])}; add images or leave them out "
+                        "with data.class_subset")
+    meta = index.schema.metadata
     index = index.filter(pa.array(mask)).append_column("label", pa.array(new[mask]))
     dup = pc.value_counts(index.column("id")).filter(pc.greater(pc.struct_field(
         pc.value_counts(index.column("id")), "counts"), 1))
     if len(dup):
         raise DataError(f"{source}: {len(dup)} duplicate ids, e.g. {dup[0]['values']}; set data.id_column")
-    return index.select(["id", "label", "orig_label", "file", "row"]), [classes[c] for c in keep_labels]
+    index = index.select(["id", "label", "orig_label", "file", "row"]).replace_schema_metadata(meta)
+    return index, [classes[c] for c in keep_labels]
 
 
 def _read_bytes(index: pa.Table, image_column: str) -> list[bytes | None]:
     """Encoded bytes for each index row (Parquet rows grouped per file; ImageFolder files read directly)."""
     out: list[bytes | None] = [None] * index.num_rows
-    files = index.column("file").to_pylist()
+    files = [os.fsdecode(f) for f in index.column("file").to_pylist()]
     rows = index.column("row").to_numpy()
     by_file: dict[str, list[int]] = {}
     for i, f in enumerate(files):
@@ -256,7 +288,10 @@ def _read_bytes(index: pa.Table, image_column: str) -> list[bytes | None]:
     for f, idx in by_file.items():
         if rows[idx[0]] < 0:
             for i in idx:
-                out[i] = Path(files[i]).read_bytes()
+                try:
+                    out[i] = Path(files[i]).read_bytes()
+                except OSError:  # vanished or unreadable: the row is skipped with a reason, not dropped
+                    out[i] = None
         else:
             col = pq.read_table(f, columns=[image_column]).column(image_column).take(pa.array(rows[idx]))
             for i, v in zip(idx, col.to_pylist(), strict=True):

@@ -58,16 +58,20 @@ class Run:
 
     def prepare(self) -> None:
         """Create the run directory with the resolved config, versions and class mapping."""
-        self.dir.mkdir(parents=True, exist_ok=True)
         probe = self.dir / ".write-test"
         try:
+            self.dir.mkdir(parents=True, exist_ok=True)
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
             raise OSError(f"output_dir {self.dir} is not writable ({e}); pass --set output_dir=...") from e
         (self.dir / "config.yaml").write_text(dump_config(self.cfg))
         (self.dir / "versions.json").write_text(json.dumps(versions(), indent=2))
-        _ = self.train_index
+        counts = np.bincount(self.train_index.column("label").to_numpy(), minlength=len(self.classes))
+        small = [f"{self.classes[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < self.cfg.quantize.ipc)]
+        if small and self.cfg.quantize.small_class == "error":  # fail before hours of encoding, not after
+            raise ValueError(f"classes with fewer images than quantize.ipc={self.cfg.quantize.ipc}: "
+                             f"{', '.join(small[:10])}; lower ipc or set quantize.small_class=shrink")
         (self.dir / "classes.json").write_text(json.dumps(self.classes, indent=1))
 
 
@@ -138,6 +142,8 @@ def write_results(run: Run) -> dict:
     for stage in STAGES:
         if (d / stage / "_SUCCESS.json").is_file():
             res["stages"][stage] = read_success(d, stage)
+    ignored = (run.train_index.schema.metadata or {}).get(b"ignored_files")
+    res["ignored_files"] = json.loads(ignored) if ignored else []
     if "quantize" in res["stages"]:
         res["w2_per_class"] = pq.read_table(d / "quantize" / "classes.parquet").to_pylist()
     if "train" in res["stages"]:
