@@ -98,6 +98,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--per-class", type=int, default=20)
-    ap.add_argument("--train", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/cifar10/train.parquet")
+    ap.add_argument("--train", type=Path,
+                    default=Path(__file__).resolve().parents[2] / "shared/data/cifar10/train.parquet")
     a = ap.parse_args()
     json.dump(make(a.out, a.train, a.per_class), sys.stdout, indent=1)
