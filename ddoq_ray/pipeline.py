@@ -126,7 +126,15 @@ def run_all(cfg: RunConfig, stages: tuple[str, ...] = STAGES, force: bool = Fals
     run.prepare()
     for stage in stages:
         run_stage(run, stage, force)
-    return write_results(run)
+    res = write_results(run)
+    if "quantize" in res["stages"]:
+        try:
+            from .report import build_report
+
+            build_report(run.dir)
+        except Exception as e:  # noqa: BLE001 - a broken plot must never fail a finished run
+            log.warning("report: could not be written (%s); retry with `ddoq-ray report %s`", e, run.dir)
+    return res
 
 
 def _mean_std(x: list[float]) -> tuple[float, float]:

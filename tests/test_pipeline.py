@@ -73,3 +73,34 @@ def test_rerun_resumes_every_stage(smoke_run, caplog):
         run_all(cfg)
     assert all((out / s / "_SUCCESS.json").stat().st_mtime_ns == t for s, t in stamps.items())
     assert caplog.text.count("skipping") == 4
+
+
+def test_report_has_a_grid_per_class_and_the_run_numbers(smoke_run):
+    _, out, res = smoke_run
+    page = (out / "report.html").read_text()
+    assert page.count('<figure id="grid_class_') == 3 and 'id="w2_per_class"' in page
+    assert f"{100 * res['methods']['ddoq']['top1_mean']:.2f}" in page
+    assert f"{res['w2_per_class'][0]['w2_mass']:.4f}"[:5] in page or "w2" in page
+    md = (out / "report.md").read_text()
+    assert "report_files/grid_class_0.png" in md and (out / "report_files" / "grid_class_2.png").is_file()
+    assert "decode/manifest.parquet" in page  # sha256 table lists the outputs
+
+
+def test_report_renders_in_headless_chromium(smoke_run, tmp_path):
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    _, out, _ = smoke_run
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400",
+                           f"--screenshot={shot}", (out / "report.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), proc.stderr[-2000:]
+    with Image.open(shot) as im:
+        px = np.asarray(im.convert("L"), dtype=float)
+    assert im.size == (1200, 2400) and px.std() > 10  # text, tables and figures, not a blank page

@@ -1,0 +1,293 @@
+"""Run report: ``report.html`` (one self-contained file, images embedded as base64) and ``report.md`` (PNGs in
+``report_files/``), built from a run directory's committed artifacts and ``results.json``.
+
+Contents: per-class image grids (synthetic images ordered by weight with the weight under each, beside real images
+of the class and the random-subset images), per-class latent W2 bars (random / uniform / mass), cell-mass
+histograms, W2 against IPC on log-log axes when several runs are given, the accuracy table, per-stage timings and
+counts, config, versions and the sha256 of every output file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+log = logging.getLogger("ddoq_ray")
+MAX_CLASSES = 20  # grids/histograms for the first N classes (an ImageNet report stays readable)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def sha256_files(run_dir: Path, skip: tuple[str, ...] = ("report", "train/ray")) -> list[tuple[str, str, int]]:
+    """``(relative path, sha256 hex, bytes)`` of every file in the run, except the report and Ray Train scratch."""
+    out = []
+    for p in sorted(run_dir.rglob("*")):
+        rel = p.relative_to(run_dir).as_posix()
+        if not p.is_file() or rel.startswith(skip) or "/." in f"/{rel}":
+            continue
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out.append((rel, h.hexdigest(), p.stat().st_size))
+    return out
+
+
+def _real_images(run_dir: Path, per_class: int) -> tuple[dict, dict]:
+    """A few real images per class, and the seed-0 random-subset images, from the run's own config and data.
+
+    Returns ``({label: uint8 [n,H,W,3]}, {label: uint8 [...]})``; empty dicts when the data is not reachable here.
+    """
+    import yaml
+
+    from .config import RunConfig
+    from .data import load_arrays
+    from .evaluate import random_subset
+    from .pipeline import Run
+
+    try:
+        cfg = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        run = Run(cfg)
+        index = run.train_index
+        asg = pq.read_table(run_dir / "quantize" / "assignments.parquet", columns=["id", "label"]).to_pylist()
+    except Exception as e:  # noqa: BLE001 - a report must not fail because the data moved
+        log.warning("report: real images unavailable (%s)", e)
+        return {}, {}
+    by_class: dict[int, list[str]] = {}
+    for r in asg:
+        by_class.setdefault(r["label"], []).append(r["id"])
+    labels = sorted(by_class)[:MAX_CLASSES]
+    real_ids = {i for c in labels for i in sorted(by_class[c])[:per_class]}
+    rand_ids = set(random_subset({c: by_class[c] for c in labels}, cfg.quantize.ipc,
+                                 cfg.train.seeds[0] if cfg.train.seeds else 0))
+    ids = index.column("id").to_pylist()
+    import pyarrow as pa
+
+    def pick(chosen: set[str]) -> dict:
+        arr = load_arrays(index.filter(pa.array([i in chosen for i in ids])), cfg.data.image_column, 64)
+        return {c: arr["images"][arr["labels"] == c] for c in labels}
+
+    return pick(real_ids), pick(rand_ids)
+
+
+def class_grid(label: int, name: str, synthetic: list[tuple[Image.Image, float]], real: np.ndarray | None,
+               rand: np.ndarray | None) -> bytes:
+    """One class: row 1 synthetic images by decreasing weight (weight under each), row 2 real, row 3 random."""
+    plt = _plt()
+    rows = [("synthetic (weight = cell mass)", [(im, f"{w:.3f}") for im, w in synthetic])]
+    if real is not None and len(real):
+        rows.append(("real images", [(Image.fromarray(x), "") for x in real]))
+    if rand is not None and len(rand):
+        rows.append(("random subset (seed 0)", [(Image.fromarray(x), "") for x in rand]))
+    ncol = max(len(r[1]) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(1.3 * ncol, 1.55 * len(rows)), squeeze=False)
+    for i, (title, items) in enumerate(rows):
+        for j in range(ncol):
+            ax = axes[i][j]
+            ax.axis("off")
+            if j < len(items):
+                ax.imshow(items[j][0])
+                if items[j][1]:
+                    ax.set_title(items[j][1], fontsize=8, y=-0.22)
+        axes[i][0].text(-0.1, 0.5, title, transform=axes[i][0].transAxes, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"{label}: {name}", fontsize=10)
+    return _png(fig)
+
+
+def w2_bars(w2: list[dict], classes: list[str]) -> bytes:
+    plt = _plt()
+    rows = w2[:MAX_CLASSES]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows)), 3.2))
+    keys = [("w2_random", "random subset", "#bbbbbb"), ("w2_uniform", "uniform (D4M)", "#4c72b0"),
+            ("w2_mass", "cell mass (DDOQ)", "#dd8452")]
+    for i, (key, lab, col) in enumerate(keys):
+        if key in rows[0]:
+            ax.bar(x + (i - 1) * 0.27, [r[key] for r in rows], 0.27, label=lab, color=col)
+    ax.set_xticks(x, [classes[r["label"]] if r["label"] < len(classes) else r["label"] for r in rows],
+                  rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("latent W2")
+    lo = min(r["w2_mass"] for r in rows)
+    ax.set_ylim(0.9 * lo, None)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def mass_histograms(cent: list[dict], classes: list[str]) -> bytes:
+    plt = _plt()
+    labels = sorted({r["label"] for r in cent})[:MAX_CLASSES]
+    ncol = min(5, len(labels))
+    nrow = -(-len(labels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.4 * ncol, 1.9 * nrow), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, c in zip(axes.flat, labels, strict=False):
+        ax.axis("on")
+        m = np.array([r["mass"] for r in cent if r["label"] == c])
+        ax.hist(m * len(m), bins=10, color="#dd8452")  # K·mass: 1 = a cell of average size
+        ax.axvline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_title(f"{classes[c] if c < len(classes) else c} (max/min {m.max() / max(m.min(), 1e-12):.1f})",
+                     fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.supxlabel("K × cell mass (1 = uniform)", fontsize=8, y=-0.04)
+    return _png(fig)
+
+
+def w2_vs_ipc(points: list[tuple[int, float, float]]) -> bytes:
+    """Mean latent W2 against IPC for several runs, log-log (DDOQ Corollary 1: O(K^{-1/d}) consistency)."""
+    plt = _plt()
+    points = sorted(points)
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.loglog([p[0] for p in points], [p[2] for p in points], "o-", label="uniform (D4M)")
+    ax.loglog([p[0] for p in points], [p[1] for p in points], "s-", label="cell mass (DDOQ)")
+    ax.set_xlabel("IPC (K)")
+    ax.set_ylabel("mean latent W2")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _table(header: list[str], rows: list[list]) -> tuple[str, str]:
+    h = "<table><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in header) + "</tr>"
+    h += "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    md = "| " + " | ".join(map(str, header)) + " |\n|" + "---|" * len(header) + "\n"
+    md += "".join("| " + " | ".join(map(str, r)) + " |\n" for r in rows)
+    return h + "</table>", md
+
+
+def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_per_class: int = 5) -> dict:
+    """Write ``report.html`` and ``report.md`` (+ ``report_files/*.png``) into ``run_dir``.
+
+    Args:
+        run_dir: a run directory with at least ``results.json`` and the quantize stage.
+        extra_runs: more run directories (e.g. other IPCs) for the W2-vs-IPC plot.
+    Returns:
+        ``{"html": path, "md": path, "figures": [names], "classes": n}``.
+    Raises:
+        FileNotFoundError: ``results.json`` is missing (run ``ddoq-ray run`` first).
+    """
+    from .pipeline import results_table
+
+    run_dir = Path(run_dir)
+    res_path = run_dir / "results.json"
+    if not res_path.is_file():
+        raise FileNotFoundError(f"{res_path} not found: run `ddoq-ray run CONFIG` first")
+    res = json.loads(res_path.read_text())
+    classes = res.get("classes") or []
+    files_dir = run_dir / "report_files"
+    files_dir.mkdir(exist_ok=True)
+    figs: list[tuple[str, str, bytes]] = []  # (name, caption, png)
+
+    man_path = run_dir / "decode" / "manifest.parquet"
+    if man_path.is_file():
+        man = pq.read_table(man_path).to_pylist()
+        real, rand = _real_images(run_dir, real_per_class)
+        for c in sorted({r["label"] for r in man})[:MAX_CLASSES]:
+            rows = sorted((r for r in man if r["label"] == c), key=lambda r: -r.get("weight_mass", r["mass"]))
+            syn = []
+            for r in rows:
+                with Image.open(run_dir / "decode" / "synthetic" / r["path"]) as im:
+                    syn.append((im.convert("RGB"), r.get("weight_mass", r["mass"])))
+            name = classes[c] if c < len(classes) else str(c)
+            figs.append((f"grid_class_{c}", f"class {c} ({name})", class_grid(c, name, syn, real.get(c), rand.get(c))))
+    if res.get("w2_per_class"):
+        figs.append(("w2_per_class", "per-class latent W2: random subset vs uniform vs cell-mass weights",
+                     w2_bars(res["w2_per_class"], classes)))
+        cent = pq.read_table(run_dir / "quantize" / "centroids.parquet", columns=["label", "mass"]).to_pylist()
+        figs.append(("cell_mass_histograms", "cell masses per class (how unequal the Voronoi cells are)",
+                     mass_histograms(cent, classes)))
+    points = []
+    for d in [run_dir, *map(Path, extra_runs)]:
+        r = json.loads((d / "results.json").read_text())
+        if r.get("w2_per_class"):
+            points.append((r["ipc"], float(np.mean([x["w2_mass"] for x in r["w2_per_class"]])),
+                           float(np.mean([x["w2_uniform"] for x in r["w2_per_class"]]))))
+    if len({p[0] for p in points}) > 1:
+        figs.append(("w2_vs_ipc", "mean latent W2 against IPC (log-log)", w2_vs_ipc(points)))
+
+    stage_rows = [[s, v.get("wall_s", ""), ", ".join(f"{k}={v[k]}" for k in ("input", "encoded", "skipped",
+                                                                                 "classes", "centroids", "images",
+                                                                                 "students") if k in v)]
+                  for s, v in res.get("stages", {}).items()]
+    stage_html, stage_md = _table(["stage", "wall s", "counts"], stage_rows)
+    w2 = res.get("w2_per_class") or []
+    red = (f"Mean latent W2 reduction of cell-mass over uniform weights: "
+           f"{100 * (1 - np.mean([r['w2_mass'] for r in w2]) / np.mean([r['w2_uniform'] for r in w2])):.2f} %"
+           if w2 else "")
+    matrix_html = matrix_md = ""
+    if (run_dir / "train" / "matrix.parquet").is_file():
+        mrows = pq.read_table(run_dir / "train" / "matrix.parquet").to_pylist()
+        if mrows:
+            matrix_html, matrix_md = _table(list(mrows[0]), [list(r.values()) for r in mrows])
+    skipped = (res.get("stages", {}).get("encode", {}) or {}).get("skipped_rows", [])
+    skip_html, skip_md = _table(["id", "label", "reason"], [[r["id"], r["label"], r["error"]] for r in skipped])
+    sums = sha256_files(run_dir)
+    sum_html, sum_md = _table(["file", "sha256", "bytes"], [list(s) for s in sums])
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    versions = res.get("versions", {})
+    acc_md = results_table(res)
+
+    for name, _, png in figs:
+        (files_dir / f"{name}.png").write_bytes(png)
+    title = f"ddoq-ray report: {res.get('name', run_dir.name)}"
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>Run directory: <code>{html.escape(str(run_dir))}</code>; "
+            f"IPC {res.get('ipc')}; {len(classes)} classes.</p>", "<h2>Accuracy and latent W2</h2>",
+            _md_table_to_html(acc_md), f"<p>{html.escape(red)}</p>"]
+    if matrix_html:
+        body += ["<h2>Cross-architecture accuracy</h2>", matrix_html]
+    body.append("<h2>Figures</h2>")
+    for name, cap, png in figs:
+        b64 = base64.b64encode(png).decode()
+        body.append(f'<figure id="{name}"><img alt="{html.escape(cap)}" src="data:image/png;base64,{b64}">'
+                    f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+    body += ["<h2>Stages</h2>", stage_html, f"<h2>Skipped inputs ({len(skipped)})</h2>", skip_html,
+             "<h2>Config</h2>", f"<pre>{html.escape(config)}</pre>", "<h2>Versions</h2>",
+             f"<pre>{html.escape(json.dumps(versions, indent=1))}</pre>",
+             f"<h2>Output files ({len(sums)})</h2><details><summary>sha256</summary>{sum_html}</details>"]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}table{border-collapse:"
+             "collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}"
+             "figure{margin:1em 0}pre{background:#f6f6f6;padding:.5em;overflow:auto;font-size:12px}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    (run_dir / "report.html").write_text(page)
+    md = [f"# {title}\n", f"IPC {res.get('ipc')}, {len(classes)} classes.\n", "## Accuracy and latent W2\n", acc_md,
+          f"\n{red}\n"]
+    if matrix_md:
+        md += ["## Cross-architecture accuracy\n", matrix_md]
+    md += ["## Figures\n"] + [f"![{cap}](report_files/{name}.png)\n" for name, cap, _ in figs]
+    md += ["## Stages\n", stage_md, f"## Skipped inputs ({len(skipped)})\n", skip_md, "## Output files\n", sum_md]
+    (run_dir / "report.md").write_text("\n".join(md))
+    log.info("report: %s", run_dir / "report.html")
+    return {"html": str(run_dir / "report.html"), "md": str(run_dir / "report.md"),
+            "figures": [f[0] for f in figs], "classes": len(classes)}
+
+
+def _md_table_to_html(md: str) -> str:
+    lines = [ln.strip().strip("|").split("|") for ln in md.strip().splitlines() if ln.strip()]
+    if len(lines) < 2:
+        return ""
+    header, rows = lines[0], lines[2:]
+    return _table([c.strip() for c in header], [[c.strip() for c in r] for r in rows])[0]
