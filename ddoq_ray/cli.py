@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .config import STAGES, ConfigError, load_config
 
@@ -15,19 +16,31 @@ def _parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
-        sp.add_argument("config", help="YAML run config (see configs/)")
+        sp.add_argument("config", help="YAML run config (see configs/), or a run directory (uses its config.yaml)")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set output_dir=runs/x --set train.seeds=[0]")
         sp.add_argument("--force", action="store_true", help="recompute even if the stage is complete")
         return sp
 
-    add("run", "run (or resume) every stage: encode, quantize, decode, train")
-    for s in STAGES:
-        add(s, f"run only the {s} stage (its inputs must be complete)")
-    add("evaluate", "alias of `train`: train students on each distilled set and test them")
+    add("run", "run (or resume) every stage: encode, quantize, decode, train, metrics")
+    stage_parsers = {s: add(s, f"run only the {s} stage (its inputs must be complete)") for s in STAGES}
+    stage_parsers["metrics"].add_argument(
+        "--features", default=None, metavar="teacher|ARCH:CHECKPOINT",
+        help="feature extractor for FID/precision/recall (default: the run's teacher)")
+    ev = add("evaluate", "train students on each distilled set and test them (= `train`); with --archs: the "
+                         "method x architecture accuracy matrix")
+    ev.add_argument("--archs", default=None, metavar="A,B,...",
+                    help="student architectures (convnet3, resnet20_cifar, or timm names, e.g. "
+                         "resnet18,mobilenetv2_100): writes <run>/train/matrix.parquet")
+    add("tune", "Ray Tune sweep over train hyperparameters (config section `tune:`) on the decoded set; runs "
+                "encode/quantize/decode first if needed")
     v = sub.add_parser("validate", help="check a config and resolve its assets without loading data or models")
     v.add_argument("config")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    r = sub.add_parser("report", help="write report.html and report.md for a finished run directory")
+    r.add_argument("run_dir")
+    r.add_argument("--compare", nargs="*", default=[], metavar="RUN_DIR",
+                   help="runs at other IPCs for the W2-vs-IPC plot")
     return p
 
 
@@ -36,9 +49,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ddoq-ray %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     try:
-        cfg = load_config(args.config, args.overrides)
+        if args.command == "report":
+            from .report import build_report
+
+            out = build_report(args.run_dir, args.compare)
+            print(f"report: {out['html']} (and {out['md']})")
+            return 0
+        src = Path(args.config)
+        if src.is_dir():  # a run directory: re-use its resolved config
+            src = src / "config.yaml"
+        overrides = list(args.overrides)
+        if getattr(args, "features", None):
+            overrides.append(f"metrics.features={args.features}")
+        cfg = load_config(src, overrides)
         if args.command == "validate":
             return _validate(cfg, args.config)
+        if args.command == "tune":
+            return _tune(cfg)
+        if args.command == "evaluate" and args.archs:
+            return _matrix(cfg, [a.strip() for a in args.archs.split(",") if a.strip()])
         from .pipeline import results_table, run_all
 
         stages = STAGES if args.command == "run" else ("train",) if args.command == "evaluate" else (args.command,)
@@ -49,6 +78,44 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(results_table(res))
     print(f"\nresults: {res['run_dir']}/results.json")
+    return 0
+
+
+def _tune(cfg) -> int:
+    from .tune import run_tune
+
+    res = run_tune(cfg)
+    print()
+    print(res["table"])
+    best = res["best"]
+    print(f"\n{res['trials']} trials ({res['finished']} finished, {res['errors']} errors) in {res['wall_s']:.0f} s; "
+          f"validation: {res['validation']}")
+    if best:
+        test = f", test top-1 {100 * best['test_top1']:.2f} %" if best.get("test_top1") is not None else ""
+        print(f"best: {res['best_config']} -> val top-1 {100 * best['val_top1']:.2f} %{test}")
+    print(f"results: {res['results']} (best: best.json beside it)")
+    return 0
+
+
+def _matrix(cfg, archs: list[str]) -> int:
+    from .data import list_split, load_classes
+    from .evaluate import matrix_markdown, run_matrix
+    from .pipeline import Run, run_stage
+    from .runtime import init_ray
+
+    run = Run(cfg)
+    run.prepare()
+    for stage in ("encode", "quantize", "decode"):
+        run_stage(run, stage)
+    if run.test_src is None:
+        raise ValueError("data.test is not set: students need a real test split to be evaluated on")
+    init_ray(cfg.ray)
+    test_index, _ = list_split(run.test_src, cfg.data, cfg.data.max_test_per_class)
+    all_classes = load_classes(cfg.data, run.train_src) or run.classes
+    table = run_matrix(cfg, run.dir, run.train_index, test_index, run.classes, all_classes, run.teacher_path, archs)
+    print()
+    print(matrix_markdown(table))
+    print(f"\nmatrix: {run.dir}/train/matrix.parquet")
     return 0
 
 

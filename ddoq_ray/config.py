@@ -142,29 +142,53 @@ class DecodeConfig(_Section):
         return self
 
 
+WEIGHT_SCHEMES = ("uniform", "mass", "sqrt_mass", "power", "tempered")
+
+
 class TrainConfig(_Section):
-    """Stage 4: students trained on each distilled set, evaluated on the real test split."""
+    """Stage 4: students trained on each distilled set, evaluated on the real test split.
+
+    Defaults reproduce the online RDED-style protocol (teacher soft labels on every augmented batch, CutMix,
+    per-class mean-1 weights). See README "Students, soft labels and Tune sweeps".
+    """
 
     methods: list[Literal["random", "d4m", "ddoq"]] = ["random", "d4m", "ddoq"]
-    weight_scheme: Literal["uniform", "mass", "sqrt_mass", "power"] = Field(
-        "mass", description="Centroid weight used by the `ddoq` method (d4m is always uniform)."
+    weight_scheme: Literal["uniform", "mass", "sqrt_mass", "power", "tempered"] = Field(
+        "mass", description="Centroid weight used by the `ddoq` method (d4m is always uniform). power: mass**alpha; "
+                            "tempered: softmax(log(mass) / weight_tau) within the class."
     )
     weight_alpha: float = Field(1.0, description="Exponent for `power`: w ∝ mass**alpha.")
+    weight_tau: float = Field(1.0, gt=0, description="Temperature for `tempered` (1 = mass, large -> uniform).")
+    weight_norm: Literal["class", "batch", "none"] = Field(
+        "class", description="class: mean 1 within each class; batch: mean 1 over the set, then every (mixed) batch "
+                             "is rescaled to mean 1; none: mean 1 over the whole set."
+    )
+    label_mode: Literal["online", "precomputed", "hard"] = Field(
+        "online", description="online: teacher on every augmented batch (RDED); precomputed: FKD/SRe2L-style "
+                              "crop/flip/mix parameters + fp16 teacher logits stored in Parquet and replayed; hard: "
+                              "cross-entropy on hard labels (Minimax)."
+    )
     seeds: list[int] = [0, 1, 2]
     student: str = Field("convnet3", description="Student architecture: `convnet3` or a timm model name.")
     teacher: str | None = Field(
-        None, description="Teacher checkpoint (path or assets: ref). None: train one on the full real train set."
+        None, description="Teacher: checkpoint path / assets: ref, `timm:<name>` or `torchvision:<name>` (library "
+                          "pretrained weights, online), or None: train one on the full real train set."
     )
     teacher_arch: str = "resnet56_cifar"
     teacher_epochs: int = Field(15, gt=0, description="Epochs when ddoq-ray trains the teacher itself.")
     image_size: int = Field(32, gt=0, description="Side (px) students see, for synthetic and real images.")
     epochs: int = Field(300, gt=0)
     batch_size: int = Field(64, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    lr: float | None = Field(
+        None, gt=0, description="AdamW lr; None: the RDED per-architecture default (1e-3 ResNets/ConvNets, 2e-3 "
+                                "EfficientNet-B0, 2.5e-3 MobileNet-V2, 1e-4 Swin/ViT)."
+    )
     weight_decay: float = Field(0.01, ge=0)
     temperature: float = Field(4.0, gt=0, description="KL temperature T for soft labels.")
-    cutmix_prob: float = Field(0.5, ge=0, le=1)
+    mix: Literal["cutmix", "mixup"] = Field("cutmix", description="Batch mixing applied with prob. cutmix_prob.")
+    cutmix_prob: float = Field(0.5, ge=0, le=1, description="Probability that a batch is mixed (CutMix or Mixup).")
     cutmix_beta: float = Field(1.0, gt=0)
+    mixup_alpha: float = Field(0.8, gt=0, description="Mixup: lam ~ Beta(alpha, alpha).")
     min_crop_scale: float = Field(0.5, gt=0, le=1, description="RandomResizedCrop lower scale bound.")
     eval_batch_size: int = Field(500, gt=0)
     num_workers: int = Field(1, ge=0, description="Ray Train workers per student (0 = local mode in driver).")
@@ -173,9 +197,107 @@ class TrainConfig(_Section):
     )
     use_gpu: Literal["auto", True, False] = "auto"
     checkpoint_every: int = Field(50, gt=0, description="Epochs between Ray Train checkpoints.")
+    max_failures: int = Field(2, ge=0, description="Ray Train FailureConfig(max_failures): worker restarts.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Student/teacher autocast. auto: bf16 on CPUs with AVX512-BF16/AMX, fp16 on GPU."
     )
+
+    def resolved_lr(self) -> float:
+        """``lr`` if set, else the per-architecture default for ``student`` (see :func:`default_lr`)."""
+        return self.lr if self.lr is not None else default_lr(self.student)
+
+
+def default_lr(arch: str) -> float:
+    """RDED's per-architecture AdamW learning rates (method.md §5.2): 1e-3 for ResNets and ConvNets (and
+    anything unlisted), 2e-3 EfficientNet-B0, 2.5e-3 MobileNet-V2, 1e-4 Swin/ViT."""
+    a = arch.lower()
+    if "swin" in a or "vit" in a or "deit" in a:
+        return 1e-4
+    if "mobilenet" in a:
+        return 2.5e-3
+    if "efficientnet" in a:
+        return 2e-3
+    return 1e-3
+
+
+_SAMPLERS = {"uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3, "randint": 2, "lograndint": 2,
+             "qrandint": 3, "randn": 2, "choice": None, "grid": None}
+
+
+class TuneConfig(_Section):
+    """``ddoq-ray tune``: a Ray Tune sweep over ``train`` fields on one distilled set (see ddoq_ray/tune.py).
+
+    ``search_space`` maps a ``train`` field to a constant or a one-key sampler mapping, e.g.
+    ``lr: {loguniform: [1.0e-4, 1.0e-2]}``, ``weight_scheme: {choice: [uniform, mass, sqrt_mass]}``,
+    ``epochs: {grid: [50, 100]}``. Samplers: uniform, loguniform, quniform, qloguniform, randint, lograndint,
+    qrandint, randn (args as in ``ray.tune``), choice (a list), grid (``tune.grid_search``).
+    """
+
+    method: Literal["ddoq", "d4m", "random"] = Field("ddoq", description="Which distilled set the students train on.")
+    search_space: dict[str, Any] = Field(default_factory=dict)
+    num_samples: int = Field(8, ge=1, description="Trials (per grid point when `grid` is used).")
+    metric: Literal["val_top1"] = "val_top1"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(20, ge=1, description="ASHA: epochs every trial runs before it can be stopped.")
+    reduction_factor: int = Field(3, ge=2)
+    eval_every: int = Field(10, ge=1, description="Epochs between validation reports (ASHA rungs use epochs).")
+    val_split: Literal["train_holdout", "test"] = Field(
+        "train_holdout", description="train_holdout: val_per_class real train images per class (preferring ones "
+                                     "the encode stage did not see); test: the test split (optimistic, warned)."
+    )
+    val_per_class: int = Field(50, ge=1)
+    report_test: bool = Field(True, description="Also report test top-1 of every trial that runs to the end.")
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs (= torch threads) per trial.")
+    gpus_per_trial: float = Field(0.0, ge=0, description="Used only when the cluster has GPUs.")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="None: cluster CPUs (GPUs) // per trial.")
+    trainer: Literal["function", "torch_trainer"] = Field(
+        "function", description="function: the loop as a Tune function trainable (single node; avoids ray#54305 "
+                                "placement-group leaks); torch_trainer: TorchTrainer per trial + TuneReportCallback."
+    )
+    seed: int = Field(0, description="Student seed in every trial; also seeds the search algorithm.")
+    time_budget_s: float | None = Field(None, gt=0)
+
+    @field_validator("search_space")
+    @classmethod
+    def _space(cls, v: dict) -> dict:
+        for key, spec in v.items():
+            if key not in TrainConfig.model_fields:
+                raise ValueError(f"search_space key {key!r} is not a train field "
+                                 f"({', '.join(TrainConfig.model_fields)})")
+            if isinstance(spec, dict):
+                if len(spec) != 1 or next(iter(spec)) not in _SAMPLERS:
+                    raise ValueError(f"search_space.{key}: expected one of {{{', '.join(_SAMPLERS)}}}: [args], "
+                                     f"got {spec}")
+                kind, args = next(iter(spec.items()))
+                if not isinstance(args, list) or not args:
+                    raise ValueError(f"search_space.{key}.{kind}: expected a non-empty list, got {args!r}")
+                n = _SAMPLERS[kind]
+                if n is not None and len(args) != n:
+                    raise ValueError(f"search_space.{key}.{kind}: expected {n} numbers, got {args}")
+                values = args if kind in ("choice", "grid") else []
+            else:
+                values = [spec]
+            for val in values:
+                try:
+                    TrainConfig.model_validate({key: val})
+                except ValidationError as e:
+                    raise ValueError(f"search_space.{key}: value {val!r} invalid: {e.errors()[0]['msg']}") from e
+        return v
+
+
+class MetricsConfig(_Section):
+    """Stage 5: image-space distribution metrics of each distilled set against the real test split."""
+
+    enabled: bool = True
+    features: str = Field(
+        "teacher", description="Feature extractor: `teacher` (the run's teacher, penultimate layer) or ARCH:CHECKPOINT "
+                               "(any model name + local checkpoint loadable as a teacher)."
+    )
+    inception: Literal["auto", "off"] = Field(
+        "auto", description="auto: also Inception FID via torchmetrics when installed with weights; else skipped."
+    )
+    k: int = Field(5, gt=0, description="k of the k-NN balls for precision/recall/density/coverage.")
+    max_real_per_class: int | None = Field(500, gt=0, description="Real test images per class used (None: all).")
 
 
 class RayConfig(_Section):
@@ -185,6 +307,18 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(None, description="Logical CPUs for an embedded local cluster.")
     object_store_memory: int | None = None
     include_dashboard: bool = False
+    require_gpu: bool = Field(
+        False, description="Encode/decode actors must run on GPUs: wait up to gpu_wait_s for the cluster to have "
+                           "one, then fail with an error (never fall back to CPUs). False: GPUs only if present."
+    )
+    gpu_wait_s: float = Field(
+        600.0, ge=0, description="How long require_gpu waits for GPU nodes (an autoscaling group may start at 0)."
+    )
+    actor_wait_s: float = Field(
+        900.0, description="Ray Data wait_for_min_actors_s: an actor pool that cannot start its minimum actors "
+                           "(and load their models) within this many seconds fails instead of hanging; <= 0 waits "
+                           "forever."
+    )
 
 
 class RunConfig(_Section):
@@ -201,7 +335,9 @@ class RunConfig(_Section):
     quantize: QuantizeConfig = QuantizeConfig()
     decode: DecodeConfig = DecodeConfig()
     train: TrainConfig = TrainConfig()
+    metrics: MetricsConfig = MetricsConfig()
     ray: RayConfig = RayConfig()
+    tune: TuneConfig | None = None
 
     @field_validator("output_dir")
     @classmethod
@@ -211,15 +347,17 @@ class RunConfig(_Section):
         return v
 
 
-STAGES = ("encode", "quantize", "decode", "train")
+STAGES = ("encode", "quantize", "decode", "train", "metrics")
 # Which config sections each stage's output depends on (its own and its inputs').
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "encode": ("data", "encode"),
     "quantize": ("quantize",),
     "decode": ("decode",),
     "train": ("train",),
+    "metrics": ("metrics", "train"),  # the teacher (train.teacher) is the feature extractor
 }
-STAGE_UPSTREAM: dict[str, str | None] = {"encode": None, "quantize": "encode", "decode": "quantize", "train": "decode"}
+STAGE_UPSTREAM: dict[str, str | None] = {"encode": None, "quantize": "encode", "decode": "quantize", "train": "decode",
+                                         "metrics": "decode"}
 
 
 def _parse_value(raw: str) -> Any:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .assets import assets_root, resolve
-from .config import STAGES, RunConfig, dump_config, stage_fingerprint
+from .config import STAGE_UPSTREAM, STAGES, RunConfig, dump_config, stage_fingerprint
 from .data import list_split, load_classes
 from .rundir import read_success, stage_done, stage_writer
 
@@ -83,7 +83,7 @@ def run_stage(run: Run, stage: str, force: bool = False) -> bool:
     if not force and stage_done(run.dir, stage, fp):
         log.info("stage %s: complete (fingerprint %s), skipping", stage, fp)
         return False
-    up = {"quantize": "encode", "decode": "quantize", "train": "decode"}.get(stage)
+    up = STAGE_UPSTREAM[stage]
     if up and not stage_done(run.dir, up, stage_fingerprint(cfg, up)):
         raise RuntimeError(f"stage {stage} needs a complete {up} stage for this config; run `ddoq-ray {up}` first "
                            "or `ddoq-ray run`")
@@ -115,8 +115,24 @@ def run_stage(run: Run, stage: str, force: bool = False) -> bool:
             all_classes = load_classes(cfg.data, run.train_src) or run.classes
             run_train(cfg, run.dir, run.train_index, test_index, run.classes, all_classes, run.teacher_path, out,
                       summary)
+        elif stage == "metrics":
+            from .metrics import metrics_stage
+
+            metrics_stage(run, out, summary)
         else:
             raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return True
+
+
+def metrics_possible(run: Run) -> bool:
+    """The metrics stage needs a teacher checkpoint (the feature extractor) and a test split; say so if not."""
+    cfg = run.cfg
+    if not cfg.metrics.enabled:
+        return False
+    if (run.teacher_path is None and cfg.metrics.features == "teacher") or run.test_src is None:
+        log.warning("stage metrics: skipped (needs train.teacher and data.test); set metrics.enabled=false to "
+                    "silence this")
+        return False
     return True
 
 
@@ -125,6 +141,8 @@ def run_all(cfg: RunConfig, stages: tuple[str, ...] = STAGES, force: bool = Fals
     run = Run(cfg)
     run.prepare()
     for stage in stages:
+        if stage == "metrics" and not metrics_possible(run):
+            continue
         run_stage(run, stage, force)
     res = write_results(run)
     if "quantize" in res["stages"]:
@@ -154,6 +172,8 @@ def write_results(run: Run) -> dict:
     res["ignored_files"] = json.loads(ignored) if ignored else []
     if "quantize" in res["stages"]:
         res["w2_per_class"] = pq.read_table(d / "quantize" / "classes.parquet").to_pylist()
+    if "metrics" in res["stages"]:
+        res["metrics"] = json.loads((d / "metrics" / "metrics.json").read_text())
     if "train" in res["stages"]:
         rows = pq.read_table(d / "train" / "students.parquet").to_pylist()
         res["teacher"] = json.loads((d / "train" / "teacher.json").read_text())

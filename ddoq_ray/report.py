@@ -242,6 +242,13 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
         mrows = pq.read_table(run_dir / "train" / "matrix.parquet").to_pylist()
         if mrows:
             matrix_html, matrix_md = _table(list(mrows[0]), [list(r.values()) for r in mrows])
+    met_html = met_md = ""
+    if res.get("metrics"):
+        mm = res["metrics"]
+        cols = ["fid_teacher", "precision", "recall", "density", "coverage", "fid_inception"]
+        met_html, met_md = _table(["method"] + cols, [[k] + [("—" if v.get(c) is None else f"{v[c]:.4f}")
+                                                            for c in cols] for k, v in mm["methods"].items()])
+        met_html = f"<p>{html.escape(mm.get('label', ''))}; features: {html.escape(mm['features'])}</p>" + met_html
     skipped = (res.get("stages", {}).get("encode", {}) or {}).get("skipped_rows", [])
     skip_html, skip_md = _table(["id", "label", "reason"], [[r["id"], r["label"], r["error"]] for r in skipped])
     sums = sha256_files(run_dir)
@@ -258,6 +265,8 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
             _md_table_to_html(acc_md), f"<p>{html.escape(red)}</p>"]
     if matrix_html:
         body += ["<h2>Cross-architecture accuracy</h2>", matrix_html]
+    if met_html:
+        body += ["<h2>Image-space distribution metrics (vs the real test split)</h2>", met_html]
     body.append("<h2>Figures</h2>")
     for name, cap, png in figs:
         b64 = base64.b64encode(png).decode()
@@ -277,6 +286,8 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
           f"\n{red}\n"]
     if matrix_md:
         md += ["## Cross-architecture accuracy\n", matrix_md]
+    if met_md:
+        md += ["## Image-space distribution metrics (vs the real test split)\n", met_md]
     md += ["## Figures\n"] + [f"![{cap}](report_files/{name}.png)\n" for name, cap, _ in figs]
     md += ["## Stages\n", stage_md, f"## Skipped inputs ({len(skipped)})\n", skip_md, "## Output files\n", sum_md]
     (run_dir / "report.md").write_text("\n".join(md))

@@ -68,11 +68,12 @@ def test_students_beat_chance_and_teacher_is_strong(smoke_run):
 
 def test_rerun_resumes_every_stage(smoke_run, caplog):
     cfg, out, _ = smoke_run
-    stamps = {s: (out / s / "_SUCCESS.json").stat().st_mtime_ns for s in ("encode", "quantize", "decode", "train")}
+    stages = ("encode", "quantize", "decode", "train", "metrics")
+    stamps = {s: (out / s / "_SUCCESS.json").stat().st_mtime_ns for s in stages}
     with caplog.at_level("INFO", logger="ddoq_ray"):
         run_all(cfg)
     assert all((out / s / "_SUCCESS.json").stat().st_mtime_ns == t for s, t in stamps.items())
-    assert caplog.text.count("skipping") == 4
+    assert caplog.text.count("skipping") == len(stages)
 
 
 def test_report_has_a_grid_per_class_and_the_run_numbers(smoke_run):
@@ -104,3 +105,16 @@ def test_report_renders_in_headless_chromium(smoke_run, tmp_path):
     with Image.open(shot) as im:
         px = np.asarray(im.convert("L"), dtype=float)
     assert im.size == (1200, 2400) and px.std() > 10  # text, tables and figures, not a blank page
+
+
+def test_metrics_stage_teacher_features(smoke_run):
+    _, out, res = smoke_run
+    m = res["metrics"]["methods"]
+    assert set(m) == {"random", "d4m", "ddoq"}
+    assert res["metrics"]["features"].startswith("penultimate layer of resnet56")
+    for v in m.values():
+        assert v["fid_teacher"] > 0 and 0 <= v["precision"] <= 1 and 0 <= v["coverage"] <= 1
+        assert v["fid_inception"] is None and v["fid_inception_note"].startswith("skipped")  # offline here
+    assert m["d4m"]["fid_teacher"] == pytest.approx(m["ddoq"]["fid_teacher_unweighted"])
+    assert m["random"]["recall"] > m["d4m"]["recall"]  # real images cover the test set better than centroids
+    assert "Image-space distribution metrics" in (out / "report.html").read_text()

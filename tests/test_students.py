@@ -257,3 +257,38 @@ def test_train_teacher_on_synthetic_data():
                                 image_size=16, seed=0, test=test, batch_size=10)
     assert not model.training and all(not p.requires_grad for p in model.parameters())
     assert top1 is not None and top1 > 0.6, top1
+
+
+def test_per_architecture_default_lr():
+    from ddoq_ray.config import default_lr
+
+    assert TrainConfig().lr is None and TrainConfig().resolved_lr() == 1e-3
+    assert default_lr("resnet18") == 1e-3 and default_lr("convnet3") == 1e-3
+    assert default_lr("efficientnet_b0") == 2e-3 and default_lr("mobilenetv2_100") == 2.5e-3
+    assert default_lr("swin_tiny_patch4_window7_224") == 1e-4 and default_lr("vit_tiny_patch16_224") == 1e-4
+    assert TrainConfig(student="mobilenetv2_100", lr=0.01).resolved_lr() == 0.01
+
+
+def test_named_teacher_rejects_unknown_library():
+    from ddoq_ray.students.teachers import load_named_teacher
+
+    with pytest.raises(ValueError, match="timm:<name> or torchvision:<name>"):
+        load_named_teacher("keras:resnet50")
+
+
+@needs_assets
+def test_killed_worker_resumes_from_checkpoint(ray_session, tmp_path):
+    """The worker exits (os._exit) right after its epoch-4 checkpoint on the first attempt; Ray Train restarts it
+    (FailureConfig(max_failures)) and the new attempt resumes at epoch 4 and finishes all 8 epochs."""
+    x, y = _load_cifar("train", 5)
+    xt, yt = _load_cifar("test", 10)
+    cfg = TrainConfig(student="convnet3", epochs=8, batch_size=50, num_workers=1, cpus_per_worker=2,
+                      use_gpu=False, checkpoint_every=4, max_failures=1)
+    spec = {"path": str(TEACHER), "arch": "resnet56_cifar", "class_index": None}
+    flag = tmp_path / "killed.txt"
+    out = train_student_ray({"images": x, "labels": y, "weights": np.ones(len(y), np.float32)},
+                            {"images": xt, "labels": yt}, spec, cfg, seed=0, num_classes=10,
+                            storage_path=str(tmp_path), name="ft", fault={"flag_file": str(flag), "epoch": 4})
+    assert flag.read_text().startswith("killed after epoch 4")
+    assert out["epochs"] == 8 and out["start_epoch"] == 4, out
+    assert 0.0 <= out["top1"] <= 1.0

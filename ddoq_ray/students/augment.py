@@ -41,6 +41,39 @@ def crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def sample_crop_flip(
+    batch: int, height: int, width: int, min_crop_scale: float, generator: torch.Generator, flip_p: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw the parameters of :func:`random_resized_crop_flip` without touching pixels.
+
+    Draw order (kept stable so old seeds reproduce): ``batch`` flip coins first, then one
+    :func:`crop_params` per sample.
+
+    Returns:
+        ``(boxes int64 [B, 4] = (top, left, h, w), flips bool [B])``.
+    """
+    flips = torch.rand(batch, generator=generator) < flip_p
+    boxes = torch.tensor([crop_params(height, width, (min_crop_scale, 1.0), generator) for _ in range(batch)],
+                         dtype=torch.long).view(batch, 4)
+    return boxes, flips
+
+
+def apply_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Apply per-sample crops ``boxes`` [B, 4] (top, left, h, w; resized back to the input size, bilinear,
+    antialiased) and horizontal ``flips`` [B] to float ``x`` [B, C, H, W]; returns a new tensor."""
+    b, _, h, w = x.shape
+    out = torch.empty_like(x)
+    for i in range(b):
+        top, left, ch, cw = (int(v) for v in boxes[i])
+        img = x[i]
+        if (ch, cw) != (h, w):
+            img = TF.resized_crop(img, top, left, ch, cw, [h, w], antialias=True)
+        if bool(flips[i]):
+            img = TF.horizontal_flip(img)
+        out[i] = img
+    return out
+
+
 def random_resized_crop_flip(
     x: torch.Tensor, min_crop_scale: float, generator: torch.Generator, flip_p: float = 0.5
 ) -> torch.Tensor:
@@ -56,14 +89,5 @@ def random_resized_crop_flip(
         float [B, C, H, W] augmented batch (a new tensor; ``x`` is not modified).
     """
     b, _, h, w = x.shape
-    flips = torch.rand(b, generator=generator) < flip_p
-    out = torch.empty_like(x)
-    for i in range(b):
-        top, left, ch, cw = crop_params(h, w, (min_crop_scale, 1.0), generator)
-        img = x[i]
-        if (ch, cw) != (h, w):
-            img = TF.resized_crop(img, top, left, ch, cw, [h, w], antialias=True)
-        if flips[i]:
-            img = TF.horizontal_flip(img)
-        out[i] = img
-    return out
+    boxes, flips = sample_crop_flip(b, h, w, min_crop_scale, generator, flip_p)
+    return apply_crop_flip(x, boxes, flips)

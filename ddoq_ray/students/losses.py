@@ -54,11 +54,65 @@ def weighted_cross_entropy(
     return ce.mean()
 
 
+def sample_cutmix(
+    batch: int, height: int, width: int, beta: float, generator: torch.Generator
+) -> tuple[float, torch.Tensor, tuple[int, int, int, int]]:
+    """Draw CutMix parameters (Yun et al. 2019, alg. A1) without touching pixels.
+
+    Draw order: ``lam ~ Beta(beta, beta)``, the permutation, the box centre (y then x). The box has side ratio
+    ``sqrt(1 - lam)`` and is clipped to the image; the returned ``lam`` is ``1 - box_area / image_area``.
+
+    Returns:
+        ``(lam: float in [0, 1], perm int64 [B] (CPU), box (y1, y2, x1, x2))``.
+    """
+    lam = _beta_sample(beta, generator)
+    perm = torch.randperm(batch, generator=generator)
+    cut = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * cut), int(width * cut)
+    cy = int(torch.randint(height, (1,), generator=generator))
+    cx = int(torch.randint(width, (1,), generator=generator))
+    y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    x1, x2 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    lam = 1.0 - (y2 - y1) * (x2 - x1) / float(height * width)
+    return lam, perm, (y1, y2, x1, x2)
+
+
+def sample_mixup(batch: int, alpha: float, generator: torch.Generator) -> tuple[float, torch.Tensor]:
+    """Mixup (Zhang et al. 2018) parameters: ``lam ~ Beta(alpha, alpha)`` and a permutation (int64 [B], CPU)."""
+    lam = _beta_sample(alpha, generator)
+    return lam, torch.randperm(batch, generator=generator)
+
+
+def apply_mix(
+    x: torch.Tensor, weights: torch.Tensor, lam: float, perm: torch.Tensor, box: tuple[int, int, int, int] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix a batch with its permutation ``perm``: CutMix pastes ``box`` = (y1, y2, x1, x2) from the partner,
+    Mixup (``box`` None) blends ``lam * x + (1 - lam) * x[perm]``. Weights are mixed the same way:
+    ``lam * w_i + (1 - lam) * w_perm(i)``.
+
+    Args:
+        x: float [B, C, H, W] (not modified). weights: float [B]. perm: int64 [B] positions in the batch.
+
+    Returns:
+        ``(x_mixed [B, C, H, W], weights_mixed [B])``.
+    """
+    perm_dev = perm.to(x.device)
+    if box is None:
+        mixed = lam * x + (1.0 - lam) * x[perm_dev]
+    else:
+        y1, y2, x1, x2 = box
+        mixed = x.clone()
+        mixed[:, :, y1:y2, x1:x2] = x[perm_dev][:, :, y1:y2, x1:x2]
+    w_mixed = lam * weights + (1.0 - lam) * weights[perm.to(weights.device)]
+    return mixed, w_mixed
+
+
 def cutmix(
     x: torch.Tensor, weights: torch.Tensor, beta: float, generator: torch.Generator, return_perm: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, float] | tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
     """CutMix (Yun et al. 2019, "CutMix: Regularization Strategy to Train Strong Classifiers with Localizable
-    Features", alg. A1): one box per batch, pasted from a random permutation of the batch.
+    Features", alg. A1): one box per batch, pasted from a random permutation of the batch
+    (:func:`sample_cutmix` then :func:`apply_mix`).
 
     ``lam ~ Beta(beta, beta)``; the box has side ratio ``sqrt(1 - lam)``, a uniformly random centre and is
     clipped to the image, after which ``lam`` is set to ``1 - box_area / image_area`` (the fraction of each
@@ -69,7 +123,6 @@ def cutmix(
         weights: float [B] per-sample weights.
         beta: Beta-distribution parameter > 0.
         generator: CPU ``torch.Generator`` that drives all randomness (lam, box, permutation).
-
         return_perm: also return the permutation (hard-label callers mix their labels with it).
 
     Returns:
@@ -77,20 +130,8 @@ def cutmix(
         when ``return_perm``.
     """
     b, _, h, w = x.shape
-    lam = _beta_sample(beta, generator)
-    perm = torch.randperm(b, generator=generator)
-    cut = math.sqrt(1.0 - lam)
-    cut_h, cut_w = int(h * cut), int(w * cut)
-    cy = int(torch.randint(h, (1,), generator=generator))
-    cx = int(torch.randint(w, (1,), generator=generator))
-    y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
-    x1, x2 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
-    mixed = x.clone()
-    perm_dev = perm.to(x.device)
-    mixed[:, :, y1:y2, x1:x2] = x[perm_dev][:, :, y1:y2, x1:x2]
-    lam = 1.0 - (y2 - y1) * (x2 - x1) / float(h * w)
-    w_perm = weights[perm.to(weights.device)]
-    w_mixed = lam * weights + (1.0 - lam) * w_perm
+    lam, perm, box = sample_cutmix(b, h, w, beta, generator)
+    mixed, w_mixed = apply_mix(x, weights, lam, perm, box)
     if return_perm:
         return mixed, w_mixed, lam, perm
     return mixed, w_mixed, lam

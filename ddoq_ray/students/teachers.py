@@ -155,3 +155,28 @@ def train_teacher(
     if test is not None:
         top1 = evaluate(model, test["images"], test["labels"], 500)
     return _freeze(model), top1
+
+
+def load_named_teacher(ref: str, class_index: list[int] | None = None) -> nn.Module:
+    """A pretrained library classifier as teacher: ``timm:<name>`` (``timm.create_model(name, pretrained=True)``,
+    weights from the Hugging Face hub) or ``torchvision:<name>`` (``torchvision.models.get_model(name,
+    weights="DEFAULT")``, weights from download.pytorch.org). Both need network access (or the library's cache)
+    on first use. Input: float NCHW in [0, 1] (ImageNet normalisation is applied here); output: the model's
+    logits, restricted to ``class_index`` columns when given (e.g. the ImageNet ids of an ImageNet subset).
+    """
+    from ddoq_ray.students.models import _Normalized
+
+    kind, _, name = ref.partition(":")
+    if kind == "timm":
+        import timm
+
+        model = timm.create_model(name, pretrained=True)
+    elif kind == "torchvision":
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights="DEFAULT")
+    else:
+        raise ValueError(f"teacher {ref!r}: expected timm:<name> or torchvision:<name>")
+    model = _Normalized(model)
+    n_out = getattr(model.model, "num_classes", None) or 1000
+    return _freeze(with_class_index(model, class_index, int(n_out)))

@@ -1,22 +1,19 @@
-"""Student training on a (weighted) distilled set with online teacher soft labels, plain or under Ray Train.
+"""Student training on a (weighted) distilled set with teacher soft labels (no Ray; see ``ray_train.py``).
 
-Recipe (per epoch, per batch): seeded shuffle -> per-sample RandomResizedCrop + flip -> CutMix with
-probability ``cfg.cutmix_prob`` -> the frozen teacher labels the *augmented* batch online -> loss
-:func:`~ddoq_ray.students.losses.soft_label_kl` with the per-sample weights (CutMix-mixed). Without a teacher:
-weighted cross-entropy on hard labels (mixed by ``lam`` under CutMix). AdamW + per-step cosine schedule over
-``cfg.epochs``. Everything random is driven by ``seed`` (torch.manual_seed for the init, explicit generators
-for shuffling and augmentation), so two runs with the same seed give the same model on CPU.
-
-:func:`fit_student` is the pure core; :func:`train_student_ray` runs the same loop inside a Ray Train V2
-``TorchTrainer`` (checkpoints, resume, failure retries, optional data-parallel workers).
+Recipe (per epoch, per batch, :mod:`~ddoq_ray.students.plan`): seeded shuffle -> per-sample RandomResizedCrop +
+flip -> CutMix or Mixup with probability ``cfg.cutmix_prob`` (weights mixed by lam) -> soft labels by
+``cfg.label_mode``: ``online`` (the frozen teacher labels the augmented, mixed batch), ``precomputed`` (the same
+batches and fp16 teacher logits replayed from Parquet, :mod:`~ddoq_ray.students.labels`) or ``hard``
+(weighted cross-entropy, labels mixed by lam) -> loss :func:`~ddoq_ray.students.losses.soft_label_kl` with the
+per-sample weights (``cfg.weight_norm == "batch"``: rescaled to mean 1 per batch). AdamW + per-step cosine
+schedule over ``cfg.epochs``; lr ``cfg.resolved_lr()``. Everything random is driven by ``seed``
+(torch.manual_seed for the init, explicit generators for shuffling and augmentation), so two runs with the same
+seed give the same model on CPU.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,9 +23,11 @@ import torch
 from torch import nn
 
 from ddoq_ray.config import TrainConfig
-from ddoq_ray.students.augment import random_resized_crop_flip
-from ddoq_ray.students.losses import cutmix, soft_label_kl, weighted_cross_entropy
+from ddoq_ray.students.augment import apply_crop_flip
+from ddoq_ray.students.losses import apply_mix, soft_label_kl, weighted_cross_entropy
 from ddoq_ray.students.models import build_model
+from ddoq_ray.students.plan import OnlinePlan, steps_per_epoch
+from ddoq_ray.students.weights import batch_normalise
 
 CKPT_FILE = "state.pt"
 
@@ -116,6 +115,8 @@ def _fit(
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
     on_epoch: Callable[[dict, Callable[[], dict], bool], None] | None = None,
     start_state: dict | None = None,
+    val: dict | None = None,
+    val_every: int = 0,
 ) -> dict:
     images, labels = train["images"], np.asarray(train["labels"])
     n = len(labels)
@@ -138,15 +139,24 @@ def _fit(
     if teacher is not None:
         teacher = teacher.to(device).eval()
 
-    # Distributed-sampler semantics: every rank draws the same permutation (shuffle_gen), pads it to a
-    # multiple of world_size and takes every world_size-th index; the global batch stays cfg.batch_size.
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    aug_gen = torch.Generator().manual_seed(seed * 1000 + 7919 * rank + 1)
-    shard = math.ceil(n / world_size)
-    bs = max(1, math.ceil(cfg.batch_size / world_size))
-    steps_per_epoch = max(1, math.ceil(shard / bs))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    # Distributed-sampler semantics: every rank draws the same permutation, pads it to a multiple of world_size
+    # and takes every world_size-th index; the global batch stays cfg.batch_size.
+    if cfg.label_mode == "hard":
+        teacher = None
+    if cfg.label_mode == "precomputed":
+        from ddoq_ray.students.labels import PrecomputedPlan
+
+        if world_size > 1:
+            raise ValueError("label_mode=precomputed replays global batches: use num_workers <= 1")
+        if not train.get("soft_labels"):
+            raise ValueError("label_mode=precomputed needs train['soft_labels'] (a precompute_soft_labels dir)")
+        plan = PrecomputedPlan(train["soft_labels"], n, cfg, num_classes)
+        teacher = None
+    else:
+        plan = OnlinePlan(n, cfg, seed, cfg.image_size, rank, world_size)
+    n_steps = steps_per_epoch(n, cfg.batch_size, world_size)[0]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.resolved_lr(), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * n_steps)
     amp = autocast_dtype(device, cfg.precision)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     start_epoch, train_loss = 0, float("nan")
@@ -154,9 +164,7 @@ def _fit(
         _unwrap(model).load_state_dict(start_state["model"])
         opt.load_state_dict(start_state["optimizer"])
         sched.load_state_dict(start_state["scheduler"])
-        shuffle_gen.set_state(start_state["shuffle_gen"])
-        aug_gen.set_state(start_state["aug_gen"][rank] if rank < len(start_state["aug_gen"]) else
-                          torch.Generator().manual_seed(seed * 1000 + 7919 * rank + 2).get_state())
+        plan.load_state(start_state)
         start_epoch = int(start_state["epoch"])
         train_loss = float(start_state.get("train_loss", float("nan")))
 
@@ -166,43 +174,42 @@ def _fit(
             "model": {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()},
             "optimizer": copy.deepcopy(opt.state_dict()),
             "scheduler": sched.state_dict(),
-            "shuffle_gen": shuffle_gen.get_state(),
-            "aug_gen": [aug_gen.get_state()],
+            **plan.state(),
             "epoch": epoch_done,
             "train_loss": train_loss,
             "student": cfg.student,
             "num_classes": num_classes,
         }
 
+    def val_top1() -> float:
+        return evaluate(_unwrap(model), val["images"], val["labels"], cfg.eval_batch_size, device, cfg.precision)
+
     epoch_done = start_epoch
     t_train = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         t_epoch = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, generator=shuffle_gen)
-        if world_size > 1:
-            perm = torch.cat([perm, perm[: shard * world_size - n]])[rank::world_size]
         loss_sum, count = 0.0, 0
-        for step in range(steps_per_epoch):
-            idx = perm[step * bs:(step + 1) * bs]
-            if len(idx) < 2 <= len(perm):  # a batch of 1 breaks BatchNorm students; reshuffled next epoch
-                continue
-            x = random_resized_crop_flip(x_all[idx], cfg.min_crop_scale, aug_gen).to(device)
-            y, w = y_all[idx].to(device), w_all[idx].to(device)
-            lam, perm_b = 1.0, None
-            if cfg.cutmix_prob > 0 and float(torch.rand((), generator=aug_gen)) < cfg.cutmix_prob:
-                x, w, lam, perm_b = cutmix(x, w, cfg.cutmix_beta, aug_gen, return_perm=True)
+        for b in plan.epoch(epoch):
+            x = apply_crop_flip(x_all[b.idx], b.boxes, b.flips).to(device)
+            y, w = y_all[b.idx].to(device), w_all[b.idx].to(device)
+            if b.mix != "none":
+                x, w = apply_mix(x, w, b.lam, b.perm, b.box)
+            if cfg.weight_norm == "batch":
+                w = batch_normalise(w)
             with _autocast(device, amp):
                 logits = model(x)
                 if teacher is not None:
                     with torch.no_grad():
                         t_logits = teacher(x)
-            if teacher is not None:
+            if b.logits is not None:
+                t_logits = b.logits.to(device)
+            if teacher is not None or b.logits is not None:
                 loss = soft_label_kl(logits, t_logits, w, cfg.temperature)
             else:
-                # CutMix already folded the partner's weight into w; the CE term mixes the labels by lam.
-                y_b = y[perm_b.to(device)] if perm_b is not None else None
-                loss = weighted_cross_entropy(logits, y, w, y_b, lam)
+                # The mix already folded the partner's weight into w; the CE term mixes the labels by lam.
+                y_b = y[b.perm.to(device)] if b.perm is not None else None
+                loss = weighted_cross_entropy(logits, y, w, y_b, b.lam)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -212,24 +219,29 @@ def _fit(
                 loss.backward()
                 opt.step()
             sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            count += len(idx)
+            loss_sum += float(loss.detach()) * len(b.idx)
+            count += len(b.idx)
         train_loss = loss_sum / max(count, 1)
         epoch_done = epoch + 1
         if on_epoch is not None and epoch_done < cfg.epochs:
-            epoch_s = time.perf_counter() - t_epoch
-            on_epoch({"epoch": epoch_done, "train_loss": train_loss, "epoch_s": epoch_s}, make_state, False)
+            m = {"epoch": epoch_done, "train_loss": train_loss, "epoch_s": time.perf_counter() - t_epoch}
+            if val is not None and val_every and epoch_done % val_every == 0 and rank == 0:
+                m["val_top1"] = val_top1()
+            on_epoch(m, make_state, False)
 
     train_s = time.perf_counter() - t_train
     metrics: dict[str, Any] = {"epoch": epoch_done, "train_loss": train_loss, "train_s": train_s}
     top1 = None
+    if rank == 0 and val is not None:
+        metrics["val_top1"] = val_top1()
     if rank == 0 and test is not None:
         top1 = evaluate(_unwrap(model), test["images"], test["labels"], cfg.eval_batch_size, device,
                         cfg.precision)
         metrics["top1"] = top1
     if on_epoch is not None:
         on_epoch(dict(metrics), make_state, True)
-    return {"top1": top1, "train_loss": train_loss, "epochs": epoch_done, "n_train": n, "train_s": train_s}
+    return {"top1": top1, "train_loss": train_loss, "epochs": epoch_done, "n_train": n, "train_s": train_s,
+            "start_epoch": start_epoch, **({"val_top1": metrics["val_top1"]} if "val_top1" in metrics else {})}
 
 
 def default_device() -> torch.device:
@@ -247,15 +259,19 @@ def fit_student(
     start_state: dict | None = None,
     *,
     device: torch.device | str | None = None,
+    val: dict | None = None,
+    val_every: int = 0,
 ) -> dict:
     """Train ``cfg.student`` on a weighted distilled set and evaluate it on ``test``.
 
     Args:
         train: ``{"images": uint8 [N, H, W, 3], "labels": int64 [N] in [0, num_classes),
-            "weights": float32 [N]}`` (weights optional: all ones). Images already at ``cfg.image_size``.
+            "weights": float32 [N], "soft_labels": dir}`` (weights optional: all ones; soft_labels only for
+            ``label_mode=precomputed``: a :func:`~ddoq_ray.students.labels.precompute_soft_labels` directory).
+            Images already at ``cfg.image_size``.
         test: ``{"images": uint8 [M, H, W, 3], "labels": int [M]}``.
-        teacher: frozen classifier on float [0, 1] NCHW images with ``num_classes`` outputs, or None for
-            weighted hard-label cross-entropy.
+        teacher: frozen classifier on float [0, 1] NCHW images with ``num_classes`` outputs (``online``);
+            ignored for ``precomputed`` and ``hard``; None: weighted hard-label cross-entropy.
         cfg: :class:`~ddoq_ray.config.TrainConfig`.
         seed: drives model init, shuffling, augmentation and CutMix.
         on_epoch: ``on_epoch(metrics, make_state, final)`` after every epoch; ``metrics`` has ``epoch`` and
@@ -263,202 +279,15 @@ def fit_student(
             (model/optimizer/scheduler/generators/epoch) for checkpointing.
         start_state: a ``make_state()`` dict to resume from (continues at its epoch).
         device: default CUDA if available else CPU.
+        val, val_every: optional ``{"images", "labels"}``; its top-1 is added to ``on_epoch``'s metrics as
+            ``val_top1`` every ``val_every`` epochs and at the end.
 
     Returns:
-        ``{"top1": float in [0, 1], "train_loss": float (mean over the last epoch), "epochs": int,
-        "n_train": int}``.
+        ``{"top1": float in [0, 1] (None without test), "train_loss": float (mean over the last epoch),
+        "epochs": int, "n_train": int, "train_s": float, "start_epoch": int, "val_top1" (with val)}``.
     """
     dev = torch.device(device) if device is not None else default_device()
     return _fit(train, test, teacher, cfg, seed, num_classes, device=dev, on_epoch=on_epoch,
-                start_state=start_state)
+                start_state=start_state, val=val, val_every=val_every)
 
 
-# ------------------------------------------------------------------------------------------------ Ray layer
-
-
-def _build_teacher(spec: dict | None, num_classes: int, image_size: int) -> nn.Module | None:
-    """Materialise a teacher spec inside a worker (see :func:`train_student_ray`)."""
-    from ddoq_ray.students.teachers import _freeze, infer_num_classes, load_state_dict_into, load_teacher
-
-    if spec is None:
-        return None
-    if "path" in spec:
-        class_index = spec.get("class_index")
-        t_classes = spec.get("num_classes")
-        if t_classes is None:
-            t_classes = num_classes if class_index is None else infer_num_classes(spec["path"])
-        return load_teacher(spec["path"], spec["arch"], int(t_classes), class_index)
-    if "state_dict" in spec:
-        state = spec["state_dict"]
-        if hasattr(state, "hex") and not isinstance(state, dict):  # an ObjectRef
-            import ray
-
-            state = ray.get(state)
-        model = build_model(spec["arch"], int(spec.get("num_classes", num_classes)), image_size)
-        load_state_dict_into(model, state, "trained teacher state_dict")
-        return _freeze(model)
-    raise ValueError(f"teacher_spec needs 'path' or 'state_dict' (and 'arch'), got keys {sorted(spec)}")
-
-
-def _cpu_threads() -> int:
-    """Threads for torch in this worker: the CPUs Ray assigned it (G15: Ray sets OMP_NUM_THREADS and the
-    setting sticks per worker process), or all cores in local mode."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-            if cpus:
-                return max(1, int(cpus))
-    except Exception:  # noqa: BLE001 - local mode outside a Ray worker
-        pass
-    return max(1, os.cpu_count() or 1)
-
-
-def _train_loop_per_worker(config: dict) -> dict:
-    import ray
-    import ray.train
-    import ray.train.torch
-
-    cfg = TrainConfig.model_validate(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    local = config["local_mode"]
-    if not local:
-        torch.set_num_threads(_cpu_threads())
-    device = ray.train.torch.get_device()
-
-    def fetch(x):
-        return ray.get(x) if isinstance(x, ray.ObjectRef) else x
-
-    train, test = fetch(config["train"]), fetch(config["test"])
-    teacher = _build_teacher(config["teacher_spec"], config["num_classes"], cfg.image_size)
-    start_state = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            start_state = torch.load(os.path.join(d, CKPT_FILE), map_location="cpu", weights_only=False)
-
-    last_report = [time.monotonic()]
-
-    def on_epoch(metrics: dict, make_state: Callable[[], dict], final: bool) -> None:
-        # Train V2's worker result queue holds ONE result and the controller drains it every
-        # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s), so a report per 0.3 s epoch would block ~2 s each. Report
-        # only at checkpoint epochs, at the end, and (progress) when the last report is >= 30 s old.
-        epoch = metrics["epoch"]
-        if not (final or epoch % cfg.checkpoint_every == 0):
-            if time.monotonic() - last_report[0] >= 30.0:
-                last_report[0] = time.monotonic()
-                ray.train.report(metrics)
-            return
-        last_report[0] = time.monotonic()
-        state = make_state() if rank == 0 else None
-        if local:  # local mode keeps only a reference to the checkpoint: it must outlive this function
-            d = os.path.join(config["local_ckpt_dir"], f"checkpoint_epoch_{epoch:06d}")
-            os.makedirs(d, exist_ok=True)
-            torch.save(state, os.path.join(d, CKPT_FILE))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            return
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint = None
-            if rank == 0:
-                torch.save(state, os.path.join(d, CKPT_FILE))
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=checkpoint)
-
-    wrap = ray.train.torch.prepare_model if world > 1 else None
-    return _fit(train, test, teacher, cfg, config["seed"], config["num_classes"], device=device, rank=rank,
-                world_size=world, wrap_model=wrap, on_epoch=on_epoch, start_state=start_state)
-
-
-def _resolve_use_gpu(use_gpu: Any) -> bool:
-    if use_gpu == "auto":
-        import ray
-
-        if ray.is_initialized():
-            return ray.cluster_resources().get("GPU", 0) > 0
-        return torch.cuda.is_available()
-    return bool(use_gpu)
-
-
-def train_student_ray(
-    train: dict,
-    test: dict,
-    teacher_spec: dict | None,
-    cfg: TrainConfig,
-    seed: int,
-    num_classes: int,
-    storage_path: str,
-    name: str,
-) -> dict:
-    """Run :func:`fit_student`'s loop inside a Ray Train V2 ``TorchTrainer`` and return its final metrics.
-
-    Args:
-        train, test: as for :func:`fit_student`; put in the object store once (``ray.put``) and fetched by the
-            workers (``cfg.num_workers == 0``: Ray Train local mode, passed directly and run in the driver).
-        teacher_spec: ``{"path": ckpt, "arch": name, "class_index": list | None, "num_classes": int
-            (optional, default: inferred from the checkpoint when class_index is set)}`` (loaded inside the
-            worker with :func:`~ddoq_ray.students.teachers.load_teacher`), or
-            ``{"state_dict": dict | ObjectRef, "arch": name, "num_classes": int (optional)}`` for a teacher
-            trained by :func:`train_teacher`, or None (hard labels).
-        cfg: ``num_workers`` data-parallel workers (shards the indices by rank, wraps the model in DDP),
-            ``cpus_per_worker`` (= torch threads per worker), ``use_gpu`` ("auto" = the cluster has GPUs),
-            ``checkpoint_every``, ``precision``.
-        storage_path, name: Ray Train run directory ``storage_path/name``. A run directory with checkpoints
-            from an earlier attempt of the same name is resumed by Ray Train.
-
-    Returns:
-        ``{"top1", "train_loss", "epochs", "n_train", "wall_s"}`` (top1 on the full test set at the end).
-
-    Raises:
-        ray.train.TrainingFailedError: the loop failed more than ``FailureConfig(max_failures=2)`` times.
-    """
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    t0 = time.perf_counter()
-    local = cfg.num_workers == 0
-    spec = teacher_spec
-    if local:
-        train_ref, test_ref = train, test
-    else:
-        train_ref, test_ref = ray.put(train), ray.put(test)
-        if spec is not None and isinstance(spec.get("state_dict"), dict):
-            spec = {**spec, "state_dict": ray.put(spec["state_dict"])}
-    local_ckpt_dir = os.path.join(storage_path, name, "local_checkpoints")
-    trainer = TorchTrainer(
-        _train_loop_per_worker,
-        train_loop_config={
-            "cfg": cfg.model_dump(mode="json"),
-            "train": train_ref,
-            "test": test_ref,
-            "teacher_spec": spec,
-            "seed": seed,
-            "num_classes": num_classes,
-            "local_mode": local,
-            "local_ckpt_dir": local_ckpt_dir,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=_resolve_use_gpu(cfg.use_gpu),
-            resources_per_worker=None if local else {"CPU": cfg.cpus_per_worker},
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=2),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    result = trainer.fit()
-    out = getattr(result, "return_value", None)
-    if not isinstance(out, dict):  # fall back to the last report (carries a checkpoint, so it is set: G13)
-        m = result.metrics or {}
-        out = {"top1": m.get("top1"), "train_loss": m.get("train_loss"), "epochs": m.get("epoch"),
-               "n_train": len(train["labels"])}
-    out = dict(out)
-    if out.get("top1") is None:
-        raise RuntimeError(f"student run {name}: no top1 in the final report ({result.metrics})")
-    out["wall_s"] = time.perf_counter() - t0
-    return out
