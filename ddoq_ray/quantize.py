@@ -75,6 +75,8 @@ def kmeans(x: np.ndarray, k: int, niter: int = 50, nredo: int = 1, seed: int = 0
     n, d = x.shape
     if k == n:  # every point is its own centroid; faiss would warn and re-split empty clusters
         return x.copy()
+    if k == 1:  # the optimum is the mean: no iterations needed (IPC 1)
+        return x.astype(np.float64).mean(0, keepdims=True).astype(np.float32)
     km = faiss.Kmeans(d, k, niter=niter, nredo=nredo, seed=seed, verbose=False,
                       max_points_per_centroid=max(n, 256), min_points_per_centroid=1)
     km.train(x)
