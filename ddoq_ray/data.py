@@ -326,12 +326,14 @@ def read_split(index: pa.Table, image_column: str, rows_per_block: int = 2048):
     import ray
 
     slim = index.select(["id", "label", "file", "row"])
-    n_blocks = max(1, -(-slim.num_rows // rows_per_block))
-    ds = ray.data.from_arrow(slim).repartition(n_blocks)
+    # One block per slice of the index (no all-to-all repartition: it needs whole CPUs that a full actor pool
+    # on a small node never frees, the Ray Data deadlock of env notes G6).
+    blocks = [slim.slice(s, rows_per_block) for s in range(0, slim.num_rows, rows_per_block)]
+    ds = ray.data.from_arrow(blocks)
 
     def _load(batch: pa.Table) -> pa.Table:
         raw = _read_bytes(batch, image_column)
         return pa.table({"id": batch.column("id"), "label": batch.column("label"),
                          "bytes": pa.array(raw, pa.binary())})
 
-    return ds.map_batches(_load, batch_format="pyarrow", batch_size=None)
+    return ds.map_batches(_load, batch_format="pyarrow", batch_size=None, num_cpus=0.25)

@@ -199,28 +199,40 @@ def run_quantize(qcfg: QuantizeConfig, encode_dir: Path, labels: list[int], out:
     task = ray.remote(quantize_from_disk).options(num_cpus=qcfg.num_cpus, scheduling_strategy="SPREAD",
                                                   max_retries=3)
     pending = [task.remote(str(encode_dir), c, qcfg) for c in labels]
-    results = []
-    with tqdm(total=len(pending), desc="quantize (classes)", unit="class") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            results.extend(ray.get(done))
-            bar.update(len(done))
-    results.sort(key=lambda r: r["label"])
-    cent, cls_rows, asg = [], [], []
-    for r in results:
-        q, c = r["q"], r["label"]
-        k = len(q.counts)
-        cent.append(pa.table({"label": pa.array([c] * k, pa.int64()), "k": pa.array(np.arange(k, dtype=np.int32)),
-                              "centroid": to_tensor_array(q.centroids), "count": pa.array(q.counts),
-                              "mass": pa.array(q.mass)}))
-        cls_rows.append({"label": c, "n": q.n, "K": k, "inertia": q.inertia, "w2_mass": r["w2_mass"],
-                         "w2_uniform": r["w2_uniform"], "w2_random": r["w2_random"],
-                         "w2_identity": float(np.sqrt(q.inertia / q.n))})
-        asg.append(pa.table({"id": pa.array(r["ids"], pa.string()), "label": pa.array([c] * q.n, pa.int64()),
-                             "k": pa.array(q.assign.astype(np.int32)), "sqdist": pa.array(q.sqdist)}))
-    pq.write_table(pa.concat_tables(cent), out / "centroids.parquet")
+    # Each class's result is appended to the Parquet files as it arrives and then dropped, so driver memory
+    # does not grow with the number of classes (rows are in arrival order; readers sort by label, k).
+    writers: dict[str, pq.ParquetWriter] = {}
+
+    def append(name: str, table: pa.Table) -> None:
+        if name not in writers:
+            writers[name] = pq.ParquetWriter(out / name, table.schema)
+        writers[name].write_table(table)
+
+    cls_rows = []
+    try:
+        with tqdm(total=len(pending), desc="quantize (classes)", unit="class") as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                r = ray.get(done[0])
+                q, c = r["q"], r["label"]
+                k = len(q.counts)
+                append("centroids.parquet", pa.table({
+                    "label": pa.array([c] * k, pa.int64()), "k": pa.array(np.arange(k, dtype=np.int32)),
+                    "centroid": to_tensor_array(q.centroids), "count": pa.array(q.counts),
+                    "mass": pa.array(q.mass)}))
+                append("assignments.parquet", pa.table({
+                    "id": pa.array(r["ids"], pa.string()), "label": pa.array([c] * q.n, pa.int64()),
+                    "k": pa.array(q.assign.astype(np.int32)), "sqdist": pa.array(q.sqdist)}))
+                cls_rows.append({"label": c, "n": q.n, "K": k, "inertia": q.inertia, "w2_mass": r["w2_mass"],
+                                 "w2_uniform": r["w2_uniform"], "w2_random": r["w2_random"],
+                                 "w2_identity": float(np.sqrt(q.inertia / q.n))})
+                del r, q, done
+                bar.update(1)
+    finally:
+        for w in writers.values():
+            w.close()
+    cls_rows.sort(key=lambda r: r["label"])
     pq.write_table(pa.Table.from_pylist(cls_rows), out / "classes.parquet")
-    pq.write_table(pa.concat_tables(asg), out / "assignments.parquet")
     w2m = np.array([r["w2_mass"] for r in cls_rows])
     w2u = np.array([r["w2_uniform"] for r in cls_rows])
     summary.update({"classes": len(cls_rows), "centroids": int(sum(r["K"] for r in cls_rows)),
@@ -232,4 +244,6 @@ def run_quantize(qcfg: QuantizeConfig, encode_dir: Path, labels: list[int], out:
 
 
 def read_centroids(quantize_dir: Path) -> pa.Table:
-    return pq.read_table(Path(quantize_dir) / "centroids.parquet")
+    """``centroids.parquet`` sorted by (label, k)."""
+    return pq.read_table(Path(quantize_dir) / "centroids.parquet").sort_by([("label", "ascending"),
+                                                                              ("k", "ascending")])
