@@ -204,14 +204,15 @@ def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path
     from tqdm.auto import tqdm
 
     from .assets import assets_root, resolve
-    from .runtime import cluster_gpus
+    from .runtime import actor_device, configure_data
 
     dcfg = cfg.decode
     check_vae_compat(cfg)
     model_path = vae_path if dcfg.mode == "vae" else resolve(str(dcfg.model), assets_root(cfg.assets_root), "model")
     shape = tuple(centroids.schema.field("centroid").type.shape)
     check_model_shape(dcfg.mode, model_path, model_ref(cfg), shape)
-    device = "cuda" if cluster_gpus() and dcfg.num_gpus_per_actor > 0 else "cpu"
+    device = actor_device(cfg.ray, dcfg.num_gpus_per_actor, "decode")
+    configure_data(cfg.ray)  # before the Dataset is built
     threads = None if device == "cuda" else max(1, round(dcfg.num_cpus_per_actor))
     n_copy = dcfg.images_per_centroid
     table = expand_copies(centroids, n_copy, dcfg.seed)

@@ -1,13 +1,32 @@
-"""Ray start-up and resource questions shared by the stages (thin; no pipeline logic)."""
+"""Ray start-up and resource questions shared by the stages (thin; no pipeline logic).
+
+- :func:`init_ray`: attach to a cluster (``ray.address`` / ``RAY_ADDRESS``) or start an embedded local one.
+- :func:`actor_device`: where a stage's actors run. GPUs are requested only where the cluster has them; with
+  ``ray.require_gpu`` a missing GPU is an error after ``ray.gpu_wait_s`` (autoscaling clusters get that long to
+  add a GPU node), never a silent CPU fallback and never a hang.
+- :func:`configure_data`: Ray Data settings that must be in place *before* a Dataset is built (the Dataset
+  captures the ``DataContext`` when it is created).
+
+Fault tolerance comes from Ray's defaults, which ddoq-ray keeps (Ray 2.60): Ray Data actor pools run with
+``max_restarts=-1`` and ``max_task_retries=-1`` (an actor lost with its node is restarted elsewhere and its
+in-flight batches are re-run), Ray Data tasks and the quantize tasks retry system failures (``max_retries=3``).
+Passing ``max_restarts``/``max_task_retries`` to ``map_batches`` is only possible through the deprecated
+``**ray_remote_args`` in 2.60, so the stages leave them at these defaults.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 
 from .config import RayConfig
 
 log = logging.getLogger("ddoq_ray")
+
+
+class GPUUnavailableError(RuntimeError):
+    """The config requires GPUs (``ray.require_gpu``) and the cluster supplied none within ``ray.gpu_wait_s``."""
 
 
 def init_ray(rcfg: RayConfig) -> None:
@@ -44,3 +63,74 @@ def cluster_cpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("CPU", 1))
+
+
+def wait_for_gpus(rcfg: RayConfig, stage: str, poll_s: float = 2.0) -> int:
+    """Wait up to ``rcfg.gpu_wait_s`` for the cluster to show a GPU; return the GPU count.
+
+    On an autoscaling cluster whose GPU group scales from zero the wait asks the autoscaler for one GPU bundle
+    (``ray.autoscaler.sdk.request_resources``), so a GPU node is launched although no actor asked yet.
+
+    Raises:
+        GPUUnavailableError: no GPU after the timeout; the message names the config keys.
+    """
+    n = cluster_gpus()
+    if n:
+        return n
+    log.info("%s: ray.require_gpu is set and the cluster has no GPU yet; waiting up to %.0f s (ray.gpu_wait_s)",
+             stage, rcfg.gpu_wait_s)
+    deadline = time.monotonic() + rcfg.gpu_wait_s
+    _request_gpu(1)
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
+            n = cluster_gpus()
+            if n:
+                return n
+    finally:
+        _request_gpu(0)
+    import ray
+
+    have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory") or "accelerator" in k}
+    raise GPUUnavailableError(
+        f"{stage}: the config requires GPUs (ray.require_gpu: true) but the Ray cluster has none after waiting "
+        f"{rcfg.gpu_wait_s:g} s (ray.gpu_wait_s); cluster resources: {have}. Add a GPU worker group "
+        "(cluster/*.yaml), raise ray.gpu_wait_s if GPU nodes take longer to start, or set ray.require_gpu=false "
+        "to run on CPUs.")
+
+
+def _request_gpu(n: int) -> None:
+    """Ask the autoscaler for ``n`` GPU bundles (0 clears the request); a no-op where no autoscaler runs."""
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[{"GPU": 1}] * n)
+    except Exception as e:  # local clusters without an autoscaler, older GCS: the wait alone still applies
+        log.debug("request_resources(GPU x %d) failed: %s", n, e)
+
+
+def actor_device(rcfg: RayConfig, gpus_per_actor: float, stage: str) -> str:
+    """``"cuda"`` when the stage's actors should request GPUs, else ``"cpu"``.
+
+    GPUs are used when the cluster has them and ``gpus_per_actor > 0``. With ``ray.require_gpu`` the stage
+    waits for GPUs (:func:`wait_for_gpus`) and fails if none appear, instead of falling back to CPUs.
+    """
+    if rcfg.require_gpu:
+        if gpus_per_actor <= 0:
+            raise GPUUnavailableError(f"{stage}: ray.require_gpu is true but {stage}.num_gpus_per_actor is "
+                                      f"{gpus_per_actor}; give the actors a GPU share (e.g. 1 or 0.5)")
+        wait_for_gpus(rcfg, stage)
+        return "cuda"
+    return "cuda" if gpus_per_actor > 0 and cluster_gpus() else "cpu"
+
+
+def configure_data(rcfg: RayConfig) -> None:
+    """Process-wide Ray Data settings; call before building a Dataset (it captures the context on creation).
+
+    ``wait_for_min_actors_s``: an actor pool whose minimum actors cannot start (no node can fit them, e.g. GPU
+    actors on a CPU-only cluster) raises ``GetTimeoutError`` after ``ray.actor_wait_s`` instead of hanging.
+    """
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.wait_for_min_actors_s = rcfg.actor_wait_s if rcfg.actor_wait_s > 0 else -1
