@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import STAGES, ConfigError, load_config
+from .runtime import GPUUnavailableError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
         stages = STAGES if args.command == "run" else ("train",) if args.command == "evaluate" else (args.command,)
         res = run_all(cfg, stages, force=args.force)
-    except (ConfigError, FileNotFoundError, ValueError, OSError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, OSError, GPUUnavailableError) as e:
         print(f"ddoq-ray: error: {e}", file=sys.stderr)
         return 2
     print()

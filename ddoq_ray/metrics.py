@@ -116,11 +116,13 @@ class PenultimateFeatures(torch.nn.Module):
         return self._feat[-1].flatten(1).float()
 
 
-def features(extractor: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def features(extractor: torch.nn.Module, images: np.ndarray, batch_size: int = 256,
+             device: torch.device | str = "cpu") -> np.ndarray:
     """uint8 ``[n, H, W, 3]`` → float32 features ``[n, d]`` (models take [0, 1] NCHW and normalise inside)."""
     out = []
     for s in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).permute(0, 3, 1, 2).float() / 255
+        x = torch.from_numpy(np.ascontiguousarray(images[s:s + batch_size])).to(device).permute(0, 3, 1, 2)
+        x = x.float() / 255
         out.append(extractor(x).cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
@@ -134,20 +136,24 @@ class FeatureActor:
         torch.set_num_threads(num_threads)
         model = load_teacher(teacher_spec["path"], teacher_spec["arch"], teacher_spec["num_classes"],
                              teacher_spec.get("class_index"))
-        self.extractor = PenultimateFeatures(model)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray sets the visible GPU
+        self.extractor = PenultimateFeatures(model.to(self.device))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"idx": batch["idx"], "feature": features(self.extractor, np.asarray(batch["image"]))}
+        return {"idx": batch["idx"],
+                "feature": features(self.extractor, np.asarray(batch["image"]), device=self.device)}
 
 
 def extract_features(images: np.ndarray, teacher_spec: dict, batch_size: int = 256) -> np.ndarray:
     """Features of ``images`` through a Ray Data actor pool (one actor; GPU when the cluster has one)."""
     import ray
 
+    from .runtime import cluster_gpus
+
     ds = ray.data.from_items([{"idx": i, "image": im} for i, im in enumerate(images)])
     ds = ds.map_batches(FeatureActor, fn_constructor_kwargs={"teacher_spec": teacher_spec, "num_threads": 2},
                         compute=ray.data.ActorPoolStrategy(size=1), batch_size=batch_size, batch_format="numpy",
-                        num_cpus=1)
+                        num_cpus=1, num_gpus=1 if cluster_gpus() else None)
     rows = ds.take_all()
     rows.sort(key=lambda r: r["idx"])
     return np.stack([r["feature"] for r in rows]).astype(np.float32)

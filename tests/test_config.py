@@ -22,6 +22,8 @@ def test_overrides_parse_yaml_values():
     ("quantize.ipc=0", "quantize.ipc: Input should be greater than 0"),
     ("train.epochs=many", "train.epochs"),
     ("bogus=1", "bogus: unknown key"),
+    ("decode.strength=1.5", "strength must be in [0, 1]"),
+    ("decode.guidance_scale=-1", "guidance_scale must be >= 0"),
 ])
 def test_bad_values_name_the_field(override, fragment):
     with pytest.raises(ConfigError) as e:
