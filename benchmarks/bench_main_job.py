@@ -60,8 +60,9 @@ def stage_starts(text: str) -> dict[str, str]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", default="/work/clean/runs/cifar10_taesd_ipc10")
-    p.add_argument("--log", default="/tmp/clean_main.log")
+    p.add_argument("--run-dir", default="runs/cifar10_taesd_ipc10")
+    p.add_argument("--log", default="runs/cifar10_taesd_ipc10.time.log",
+                   help="output of `/usr/bin/time -v ddoq-ray run ...` (wall time, max RSS)")
     p.add_argument("--rerun", action="store_true", help="run the main job first (~20 min; writes --run-dir's "
                    "parent runs/ under the repo and logs with /usr/bin/time -v to --log)")
     p.add_argument("--quick", action="store_true", help="same as the default (this script only reads files)")
