@@ -232,7 +232,8 @@ def metrics_stage(run, out: Path, summary: dict) -> None:
             "d4m": {"images": syn["images"], "weights": None},
             "ddoq": {"images": syn["images"],
                      "weights": normalised_weights(syn["labels"], syn["mass"], cfg.train.weight_scheme,
-                                                   cfg.train.weight_alpha)}}
+                                                   cfg.train.weight_alpha, cfg.train.weight_tau,
+                                                   cfg.train.weight_norm)}}
     class_index = list(cfg.data.class_subset) if cfg.data.class_subset is not None else None
     n_all = len(load_classes(cfg.data, run.train_src) or run.classes)
     if cfg.metrics.features == "teacher":

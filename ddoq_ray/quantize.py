@@ -125,12 +125,15 @@ def quantize_class(latents: np.ndarray, k: int, niter: int = 50, nredo: int = 1,
     return ClassQuantization(c.reshape(k, *shape), assign, sqdist, counts, counts / n)
 
 
-def centroid_weights(mass: np.ndarray, scheme: str = "mass", alpha: float = 1.0) -> np.ndarray:
+def centroid_weights(mass: np.ndarray, scheme: str = "mass", alpha: float = 1.0, tau: float = 1.0) -> np.ndarray:
     """Normalised centroid weights (sum 1) from cell masses.
 
     Schemes: ``uniform`` (D4M, 1/K), ``mass`` (DDOQ, the W2-optimal cell masses), ``sqrt_mass`` (∝ √mass, the
     variance-reduction heuristic reported for the paper's Eq. 34), ``power`` (∝ mass^alpha; alpha=0 uniform,
-    1 mass, 0.5 sqrt_mass).
+    1 mass, 0.5 sqrt_mass), ``tempered`` (softmax(log mass / tau): tau=1 is mass, large tau tends to uniform).
+
+    Raises:
+        ValueError: unknown scheme, or ``tempered`` with tau <= 0.
     """
     mass = np.asarray(mass, dtype=np.float64)
     if scheme == "uniform":
@@ -138,11 +141,17 @@ def centroid_weights(mass: np.ndarray, scheme: str = "mass", alpha: float = 1.0)
     elif scheme == "mass":
         w = mass.copy()
     elif scheme == "sqrt_mass":
-        w = np.sqrt(mass)
+        w = np.sqrt(np.clip(mass, 0.0, None))
     elif scheme == "power":
         w = np.where(mass > 0, mass, 0.0) ** alpha
+    elif scheme == "tempered":
+        if tau <= 0:
+            raise ValueError(f"tempered weights need tau > 0, got {tau}")
+        with np.errstate(divide="ignore"):
+            logits = np.log(np.clip(mass, 0.0, None)) / tau
+        w = np.exp(logits - logits.max())
     else:
-        raise ValueError(f"unknown weight scheme {scheme!r}: use uniform, mass, sqrt_mass or power")
+        raise ValueError(f"unknown weight scheme {scheme!r}: use uniform, mass, sqrt_mass, power or tempered")
     return w / w.sum()
 
 

@@ -30,27 +30,12 @@ def scheme_weights(mass: np.ndarray, scheme: str, alpha: float = 1.0, tau: float
     Returns:
         float64 [K], sum 1.
     """
-    mass = np.asarray(mass, dtype=np.float64)
-    if scheme == "uniform":
-        w = np.ones_like(mass)
-    elif scheme == "mass":
-        w = mass.copy()
-    elif scheme == "sqrt_mass":
-        w = np.sqrt(np.clip(mass, 0.0, None))
-    elif scheme == "power":
-        w = np.where(mass > 0, mass, 0.0) ** alpha
-    elif scheme == "tempered":
-        if tau <= 0:
-            raise ValueError(f"tempered weights need tau > 0, got {tau}")
-        with np.errstate(divide="ignore"):
-            logits = np.log(np.clip(mass, 0.0, None)) / tau
-        logits -= logits.max()
-        w = np.exp(logits)
-    else:
-        raise ValueError(f"unknown weight scheme {scheme!r}: use uniform, mass, sqrt_mass, power or tempered")
-    if w.sum() <= 0:
-        raise ValueError(f"weight scheme {scheme!r} gives all-zero weights for masses {mass}")
-    return w / w.sum()
+    from ddoq_ray.quantize import centroid_weights  # the one implementation of the schemes
+
+    w = centroid_weights(mass, scheme, alpha, tau)
+    if not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError(f"weight scheme {scheme!r} gives all-zero weights for masses {np.asarray(mass)}")
+    return w
 
 
 def sample_weights(labels: np.ndarray, mass: np.ndarray, scheme: str, alpha: float = 1.0, tau: float = 1.0,
