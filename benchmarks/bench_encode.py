@@ -1,17 +1,16 @@
 """Encode stage throughput: Ray Data actor pool (``run_encode``) vs a plain single-process torch loop.
 
-Same images (CIFAR-10 train, decoded to 64 px), same model (TAESD encoder), batch 128, 2 torch threads unless
-stated. Variants of the plain loop: fp32 / bf16 autocast x contiguous / channels_last (interleaved in rotating
-order, median over repeats). Ray: ``ddoq_ray.encode.run_encode`` on a local 2-CPU cluster (reads the Parquet,
-decodes JPEGs in Ray tasks, encodes in the actor pool, writes Parquet), with 1 actor (1 CPU, 2 torch threads:
-the main config) in bf16 and fp32, and 2 actors (1 thread each; 0.5 CPU each, because the read/repartition
-tasks need a whole free CPU: with 2 x 1 or 2 x 0.75 CPU actors on a 2-CPU cluster the pipeline stalled, no
-progress after a minute, when tried).
-Ray times exclude ``ray.init`` but include actor start-up and model load; a run on 130 images estimates that
-fixed cost, and ``marginal img/s`` removes it.
+Two parts, same model (TAESD encoder at 64 px), batch 128, 2 torch threads:
 
-FLOPs per image come from ``torch.utils.flop_counter.FlopCounterMode`` on the encoder; the machine's peak is a
-timed 2,048^3 ``torch.matmul`` on 2 threads in fp32 and bf16.
+1. **Kernel** (``--kernel-images`` already-decoded images in memory): fp32 / bf16 autocast x contiguous /
+   channels_last, interleaved in rotating order, median over repeats; GFLOP/s against the encoder's FLOPs per
+   image (``torch.utils.flop_counter.FlopCounterMode``) and a timed 2,048^3 ``torch.matmul`` "peak".
+2. **End to end** (``--images`` CIFAR-10 train images, default 10,000 so that start-up is amortised as in a real
+   run): the plain script a researcher would write (one process: read the Parquet rows, decode the JPEGs, encode
+   in bf16 + channels_last, write a Parquet file of latents) vs ``ddoq_ray.encode.run_encode`` on a local 2-CPU
+   Ray cluster with the main config (1 actor, 1 CPU, 2 torch threads; JPEG decoding in 0.5-CPU tasks that overlap
+   with the actor) and with 2 actors (0.5 CPU, 1 thread each). Ray walls exclude ``ray.init`` and include actor
+   start-up and model load; ``marginal`` also removes the fixed cost estimated from a 130-image run.
 
     RAY_AUTH_MODE=disabled .venv/bin/python -m benchmarks.bench_encode [--quick]
 """
@@ -71,6 +70,33 @@ def plain_loop(model, images: np.ndarray, dtype, channels_last: bool, batch: int
     return time.perf_counter() - t
 
 
+def plain_script(index, image_column: str, size: int, model, out_dir: str, batch: int = 128) -> float:
+    """Seconds for the one-process baseline: read rows, decode JPEGs, encode (bf16 + channels_last), write Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from ddoq_ray.data import _read_bytes, decode_batch
+
+    t = time.perf_counter()
+    ids, zs = [], []
+    for s in range(0, index.num_rows, 1024):
+        part = index.slice(s, 1024)
+        b = decode_batch({"id": np.array(part.column("id").to_pylist(), dtype=object),
+                          "label": part.column("label").to_numpy(), "bytes": _read_bytes(part, image_column)}, size)
+        with torch.inference_mode():
+            for j in range(0, len(b["image"]), batch):
+                x = torch.from_numpy(b["image"][j:j + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    zs.append(model.encode(x).latents.float().numpy())
+        ids += [str(i) for i in b["id"]]
+    z = np.concatenate(zs)
+    pq.write_table(pa.table({"id": ids, "latent": pa.FixedShapeTensorArray.from_numpy_ndarray(z)}),
+                   os.path.join(out_dir, "plain_latents.parquet"))
+    return time.perf_counter() - t
+
+
 def ray_encode(cfg_overrides: list[str], index, out_root: str) -> float:
     from pathlib import Path
 
@@ -88,11 +114,12 @@ def ray_encode(cfg_overrides: list[str], index, out_root: str) -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="512 images, 1 repeat (~2 min)")
-    p.add_argument("--images", type=int, default=2048)
+    p.add_argument("--quick", action="store_true", help="1,000 images end to end, 256 kernel images, 1 repeat")
+    p.add_argument("--images", type=int, default=10_000, help="end-to-end images (default 10,000)")
+    p.add_argument("--kernel-images", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args(argv)
-    n_img, repeats = (512, 1) if a.quick else (a.images, a.repeats)
+    n_img, n_kernel, repeats = (1000, 256, 1) if a.quick else (a.images, a.kernel_images, a.repeats)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,80 +132,81 @@ def main(argv=None):
 
     torch.set_num_threads(2)
     cfg = load_config(CONFIG)
+    size, col = cfg.data.image_size, cfg.data.image_column
     index, _ = list_split(TRAIN, cfg.data, max_per_class=n_img // 10)
-    t = time.perf_counter()
-    images = load_arrays(index, cfg.data.image_column, cfg.data.image_size)["images"]
-    decode_s = time.perf_counter() - t
-    n = len(images)
+    kindex, _ = list_split(TRAIN, cfg.data, max_per_class=max(1, n_kernel // 10))
+    images = load_arrays(kindex, col, size)["images"]
+    n, nk = index.num_rows, len(images)
 
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     model = load_vae(VAE, "tiny", "cpu", "fp32").model
-    flops = encoder_flops(model.to(memory_format=torch.contiguous_format), cfg.data.image_size)
-    print(f"{n} images decoded in {decode_s:.1f} s; encoder {flops / 1e9:.3f} GFLOP/image; matmul peak "
-          f"fp32 {peak['fp32']:.0f} / bf16 {peak['bf16']:.0f} GFLOP/s (2 threads)", flush=True)
+    flops = encoder_flops(model.to(memory_format=torch.contiguous_format), size)
+    gflop = flops / 1e9
+    print(f"encoder {gflop:.3f} GFLOP/image; matmul peak fp32 {peak['fp32']:.0f} / bf16 {peak['bf16']:.0f} "
+          f"GFLOP/s (2 threads)", flush=True)
 
-    variants = {"plain fp32": (torch.float32, False), "plain fp32 channels_last": (torch.float32, True),
-                "plain bf16": (torch.bfloat16, False), "plain bf16 channels_last": (torch.bfloat16, True)}
-    times: dict[str, list[float]] = {v: [] for v in variants}
+    # 1. kernel variants on decoded images
+    variants = {"fp32": (torch.float32, False), "fp32 channels_last": (torch.float32, True),
+                "bf16": (torch.bfloat16, False), "bf16 channels_last": (torch.bfloat16, True)}
     names = list(variants)
-
-    def run_plain(r):
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(repeats):
         for v in names[r % len(names):] + names[:r % len(names)]:
             dt, cl = variants[v]
             model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
             plain_loop(model, images[:128], dt, cl)  # warm-up (oneDNN primitive cache)
             times[v].append(plain_loop(model, images, dt, cl))
-
-    import ray
-
-    base = [f"data.train={TRAIN}", f"encode.vae={VAE}", "ray.num_cpus=2"]
-    ray_cfgs = {"ray 1 actor bf16 (config)": base,
-                "ray 1 actor fp32": base + ["encode.precision=fp32"],
-                "ray 2 actors bf16 (0.5 CPU each)": base + ["encode.min_actors=2", "encode.max_actors=2",
-                                                        "encode.num_threads=1", "encode.num_cpus_per_actor=0.5"]}
-    ray_wall: dict[str, float] = {}
-    tmp = tempfile.mkdtemp(prefix="ddoq_bench_enc_")
-    try:
-        run_plain(0)
-        print("plain loops (pass 1) done", flush=True)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        small, _ = list_split(TRAIN, cfg.data, max_per_class=13)
-        ray_wall["ray 1 actor bf16, 130 images"] = ray_encode(base, small, tmp)
-        for name, ov in ray_cfgs.items():
-            ray_wall[name] = ray_encode(ov, index, tmp)
-            print(f"{name}: {ray_wall[name]:.1f} s", flush=True)
-        ray.shutdown()
-        for r in range(1, repeats):
-            run_plain(r)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    gflop = flops / 1e9
-    rows = []
+    kernel_rows = []
     for v, (dt, _) in variants.items():
         s = median(times[v])
         pk = peak["bf16" if dt == torch.bfloat16 else "fp32"]
-        rows.append({"variant": v, "wall_s": s, "img_per_s": n / s, "gflop_per_s": n * gflop / s,
-                     "pct_of_peak": 100 * n * gflop / s / pk, "times_s": times[v]})
-    ref = next(r for r in rows if r["variant"] == "plain bf16 channels_last")
-    rows.append({"variant": "plain bf16 channels_last + JPEG decode", "wall_s": ref["wall_s"] + decode_s,
-                 "img_per_s": n / (ref["wall_s"] + decode_s)})
-    fixed = ray_wall["ray 1 actor bf16, 130 images"] - 130 / ref["img_per_s"]
+        kernel_rows.append({"variant": v, "images": nk, "wall_s": s, "img_per_s": nk / s,
+                            "gflop_per_s": nk * gflop / s, "pct_of_peak": 100 * nk * gflop / s / pk,
+                            "times_s": times[v]})
+    kcols = ["variant", "images", "wall_s", "img_per_s", "gflop_per_s", "pct_of_peak"]
+    print(table(kernel_rows, kcols), flush=True)
+
+    # 2. end to end: plain script vs Ray, interleaved (plain, ray, ..., plain) so drift shows
+    import ray
+
+    model.to(memory_format=torch.channels_last)
+    base = [f"data.train={TRAIN}", f"encode.vae={VAE}", "ray.num_cpus=2"]
+    ray_cfgs = {"ray 1 actor (main config)": base,
+                "ray 2 actors (0.5 CPU, 1 thread each)": base + ["encode.min_actors=2", "encode.max_actors=2",
+                                                                 "encode.num_threads=1",
+                                                                 "encode.num_cpus_per_actor=0.5"]}
+    walls: dict[str, list[float]] = {"plain script": []}
+    tmp = tempfile.mkdtemp(prefix="ddoq_bench_enc_")
+    try:
+        walls["plain script"].append(plain_script(index, col, size, model, tmp))
+        print(f"plain script: {walls['plain script'][-1]:.1f} s", flush=True)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        small, _ = list_split(TRAIN, cfg.data, max_per_class=13)
+        walls["ray 1 actor, 130 images"] = [ray_encode(base, small, tmp)]
+        for name, ov in ray_cfgs.items():
+            walls[name] = [ray_encode(ov, index, tmp)]
+            print(f"{name}: {walls[name][-1]:.1f} s", flush=True)
+        ray.shutdown()
+        walls["plain script"].append(plain_script(index, col, size, model, tmp))
+        print(f"plain script (again): {walls['plain script'][-1]:.1f} s", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    plain = median(walls["plain script"])
+    fixed = walls["ray 1 actor, 130 images"][0] - 130 * plain / n
+    rows = [{"variant": "plain script", "images": n, "wall_s": plain, "img_per_s": n / plain, "vs_plain": 1.0}]
     for name in ray_cfgs:
-        w = ray_wall[name]
-        pk = peak["fp32" if "fp32" in name else "bf16"]
+        w = walls[name][0]
         marginal = n / max(w - fixed, 1e-9)
-        rows.append({"variant": name, "wall_s": w, "img_per_s": n / w, "marginal_img_per_s": marginal,
-                     "gflop_per_s": marginal * gflop, "pct_of_peak": 100 * marginal * gflop / pk,
-                     "vs_plain_bf16_cl": (n / w) / ref["img_per_s"],
-                     "marginal_vs_plain_bf16_cl": marginal / ref["img_per_s"]})
-    cols = ["variant", "wall_s", "img_per_s", "marginal_img_per_s", "gflop_per_s", "pct_of_peak", "vs_plain_bf16_cl",
-            "marginal_vs_plain_bf16_cl"]
+        rows.append({"variant": name, "images": n, "wall_s": w, "img_per_s": n / w, "vs_plain": plain / w,
+                     "marginal_img_per_s": marginal, "marginal_vs_plain": marginal / (n / plain)})
+    cols = ["variant", "images", "wall_s", "img_per_s", "vs_plain", "marginal_img_per_s", "marginal_vs_plain"]
     print(table(rows, cols))
-    write_result("bench_encode", {"quick": a.quick, "images": n, "repeats": repeats, "decode_s": decode_s,
+    write_result("bench_encode", {"quick": a.quick, "images": n, "kernel_images": nk, "repeats": repeats,
                                   "gflop_per_image": gflop, "matmul_peak_gflops": peak, "torch_threads": 2,
                                   "bf16_supported": cpu_supports_bf16(), "ray_fixed_overhead_s": fixed,
-                                  "ray_wall_s": ray_wall, "rows": rows, "columns": cols})
+                                  "walls_s": walls, "kernel_rows": kernel_rows, "kernel_columns": kcols,
+                                  "rows": rows, "columns": cols})
 
 
 if __name__ == "__main__":
