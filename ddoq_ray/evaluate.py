@@ -32,13 +32,6 @@ from .students.weights import sample_weights
 log = logging.getLogger("ddoq_ray")
 
 
-def normalised_weights(labels: np.ndarray, mass: np.ndarray, scheme: str, alpha: float, tau: float = 1.0,
-                       norm: str = "class") -> np.ndarray:
-    """Per-image weights (see :func:`ddoq_ray.students.weights.sample_weights`); float32 ``[n]``, mean 1 within
-    each class for ``norm="class"``; all ones for ``uniform``."""
-    return sample_weights(labels, mass, scheme, alpha, tau, norm)
-
-
 def random_subset(ids_by_class: dict[int, list[str]], ipc: int, seed: int) -> list[str]:
     """IPC ids per class drawn without replacement (all of a class when it has fewer), seeded."""
     rng = np.random.default_rng(seed)
@@ -152,8 +145,8 @@ def method_set(inp: EvalInputs, method: str, seed: int, tcfg: TrainConfig) -> di
     scheme = "uniform" if method == "d4m" else tcfg.weight_scheme
     syn = inp.syn
     return {"images": syn["images"], "labels": syn["labels"],
-            "weights": normalised_weights(syn["labels"], syn["mass"], scheme, tcfg.weight_alpha, tcfg.weight_tau,
-                                          tcfg.weight_norm)}
+            "weights": sample_weights(syn["labels"], syn["mass"], scheme, tcfg.weight_alpha, tcfg.weight_tau,
+                                      tcfg.weight_norm)}
 
 
 def train_one(inp: EvalInputs, tcfg: TrainConfig, method: str, seed: int, out: Path, tag: str = "") -> dict:
