@@ -334,7 +334,7 @@ def run_tune(cfg: RunConfig) -> dict:
     teacher_info, spec = {"source": None, "top1": None}, None
     if tcfg.label_mode != "hard":
         _, spec, teacher_info = make_teacher(cfg, run.dir, run.train_index, test if test is not None else val,
-                                             n_classes, all_classes, run.teacher_path)
+                                             n_classes, all_classes, run.teacher_path, run.classes)
     syn = load_synthetic(run.dir / "decode", size)
     if tc.method == "random":
         inp = EvalInputs(cfg, run.dir, run.train_index, test or val, n_classes, None, spec, teacher_info, syn)

@@ -30,7 +30,7 @@ def _build_teacher(spec: dict | None, num_classes: int, image_size: int) -> nn.M
     if "named" in spec:
         from ddoq_ray.students.teachers import load_named_teacher
 
-        return load_named_teacher(spec["named"], spec.get("class_index"))
+        return load_named_teacher(spec["named"], spec.get("class_index"), num_classes)
     if "path" in spec:
         class_index = spec.get("class_index")
         t_classes = spec.get("num_classes")
