@@ -34,6 +34,16 @@ def assets_root(configured: str | None = None) -> Path | None:
     return None
 
 
+NAMED_TEACHER_KINDS = ("timm", "torchvision")
+
+
+def is_named_teacher(ref: str | None) -> bool:
+    """``timm:<name>`` or ``torchvision:<name>``: a library model with pretrained weights (fetched and cached by
+    the library), not a file to resolve."""
+    kind, _, name = (ref or "").partition(":")
+    return kind in NAMED_TEACHER_KINDS and bool(name)
+
+
 def is_uri(ref: str) -> bool:
     return "://" in ref
 

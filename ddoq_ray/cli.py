@@ -124,8 +124,10 @@ def _where(ref: str, root, kind: str) -> tuple[str | None, str]:
     """Where ``ref`` would be loaded from: ``(resolved or None, description)``; never raises."""
     from pathlib import Path
 
-    from .assets import AssetNotFoundError, is_uri, resolve
+    from .assets import AssetNotFoundError, is_named_teacher, is_uri, resolve
 
+    if kind == "data" and is_named_teacher(ref):
+        return None, "library model, pretrained weights from its cache or downloaded on first use"
     try:
         p = resolve(ref, root, kind)
     except AssetNotFoundError as e:

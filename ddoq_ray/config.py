@@ -172,7 +172,8 @@ class TrainConfig(_Section):
     student: str = Field("convnet3", description="Student architecture: `convnet3` or a timm model name.")
     teacher: str | None = Field(
         None, description="Teacher: checkpoint path / assets: ref, `timm:<name>` or `torchvision:<name>` (library "
-                          "pretrained weights, online), or None: train one on the full real train set."
+                          "pretrained weights: downloaded on first use, or from the library's cache offline), or "
+                          "None: train one on the full real train set."
     )
     teacher_arch: str = "resnet56_cifar"
     teacher_epochs: int = Field(15, gt=0, description="Epochs when ddoq-ray trains the teacher itself.")

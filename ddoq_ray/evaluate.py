@@ -32,13 +32,6 @@ from .students.weights import sample_weights
 log = logging.getLogger("ddoq_ray")
 
 
-def normalised_weights(labels: np.ndarray, mass: np.ndarray, scheme: str, alpha: float, tau: float = 1.0,
-                       norm: str = "class") -> np.ndarray:
-    """Per-image weights (see :func:`ddoq_ray.students.weights.sample_weights`); float32 ``[n]``, mean 1 within
-    each class for ``norm="class"``; all ones for ``uniform``."""
-    return sample_weights(labels, mass, scheme, alpha, tau, norm)
-
-
 def random_subset(ids_by_class: dict[int, list[str]], ipc: int, seed: int) -> list[str]:
     """IPC ids per class drawn without replacement (all of a class when it has fewer), seeded."""
     rng = np.random.default_rng(seed)
@@ -67,10 +60,14 @@ class EvalInputs:
 
 
 def make_teacher(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test: dict, n_classes: int,
-                 all_classes: list[str], teacher_path: str | None) -> tuple[object, dict, dict]:
+                 all_classes: list[str], teacher_path: str | None,
+                 classes: list[str] | None = None) -> tuple[object, dict, dict]:
     """The run's teacher: a checkpoint, a library model (``timm:<name>`` / ``torchvision:<name>``), or one
     trained by ddoq-ray on the full real train split, cached as ``<run>/teacher/<arch>-e<epochs>.pt`` with its
     test top-1 (``.json``), so later train/tune/evaluate calls reuse it.
+
+    ``classes``: the run's class names (run-label order, after ``data.class_subset``); a library teacher's logit
+    columns are picked by them (:func:`~ddoq_ray.students.teachers.named_class_index`).
 
     Returns:
         ``(teacher module, worker spec for train_student_ray, info {"source", "arch", "top1"})``.
@@ -79,13 +76,14 @@ def make_teacher(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test: dic
 
     from .data import load_arrays
     from .students import evaluate, load_teacher, train_teacher
-    from .students.teachers import load_named_teacher
+    from .students.teachers import is_named_teacher, load_named_teacher, named_class_index
 
     tcfg, size = cfg.train, cfg.train.image_size
     class_index = list(cfg.data.class_subset) if cfg.data.class_subset is not None else None
     ref = cfg.train.teacher or ""
-    if ref.startswith(("timm:", "torchvision:")):
-        teacher = load_named_teacher(ref, class_index)
+    if is_named_teacher(ref):
+        class_index = named_class_index(classes, cfg.data.class_subset)
+        teacher = load_named_teacher(ref, class_index, n_classes)
         spec, source, arch = {"named": ref, "class_index": class_index}, ref, ref
     elif teacher_path:
         teacher = load_teacher(teacher_path, tcfg.teacher_arch, len(all_classes), class_index)
@@ -129,7 +127,8 @@ def load_inputs(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test_index
     size = cfg.train.image_size
     test = load_arrays(test_index, cfg.data.image_column, size)
     log.info("train: %d test images (%d undecodable skipped)", len(test["labels"]), test["n_skipped"])
-    teacher, spec, info = make_teacher(cfg, run_dir, train_index, test, len(classes), all_classes, teacher_path)
+    teacher, spec, info = make_teacher(cfg, run_dir, train_index, test, len(classes), all_classes, teacher_path,
+                                       classes)
     log.info("train: teacher top-1 on test = %.4f", info["top1"])
     syn = load_synthetic(run_dir / "decode", size)
     ok = scan(run_dir / "encode", columns=["id", "label"], status="ok")
@@ -152,8 +151,8 @@ def method_set(inp: EvalInputs, method: str, seed: int, tcfg: TrainConfig) -> di
     scheme = "uniform" if method == "d4m" else tcfg.weight_scheme
     syn = inp.syn
     return {"images": syn["images"], "labels": syn["labels"],
-            "weights": normalised_weights(syn["labels"], syn["mass"], scheme, tcfg.weight_alpha, tcfg.weight_tau,
-                                          tcfg.weight_norm)}
+            "weights": sample_weights(syn["labels"], syn["mass"], scheme, tcfg.weight_alpha, tcfg.weight_tau,
+                                      tcfg.weight_norm)}
 
 
 def train_one(inp: EvalInputs, tcfg: TrainConfig, method: str, seed: int, out: Path, tag: str = "") -> dict:

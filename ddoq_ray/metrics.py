@@ -215,7 +215,8 @@ def metrics_stage(run, out: Path, summary: dict) -> None:
     from .data import list_split, load_arrays, load_classes
     from .decode import load_synthetic
     from .encode import scan
-    from .evaluate import normalised_weights, random_subset
+    from .evaluate import random_subset
+    from .students.weights import sample_weights
 
     cfg, size = run.cfg, run.cfg.train.image_size
     test_index, _ = list_split(run.test_src, cfg.data, cfg.metrics.max_real_per_class)
@@ -231,9 +232,8 @@ def metrics_stage(run, out: Path, summary: dict) -> None:
     sets = {"random": {"images": rand["images"], "weights": None},
             "d4m": {"images": syn["images"], "weights": None},
             "ddoq": {"images": syn["images"],
-                     "weights": normalised_weights(syn["labels"], syn["mass"], cfg.train.weight_scheme,
-                                                   cfg.train.weight_alpha, cfg.train.weight_tau,
-                                                   cfg.train.weight_norm)}}
+                     "weights": sample_weights(syn["labels"], syn["mass"], cfg.train.weight_scheme,
+                                               cfg.train.weight_alpha, cfg.train.weight_tau, cfg.train.weight_norm)}}
     class_index = list(cfg.data.class_subset) if cfg.data.class_subset is not None else None
     n_all = len(load_classes(cfg.data, run.train_src) or run.classes)
     if cfg.metrics.features == "teacher":

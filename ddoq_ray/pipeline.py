@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from .assets import assets_root, resolve
+from .assets import assets_root, is_named_teacher, resolve
 from .config import STAGE_UPSTREAM, STAGES, RunConfig, dump_config, stage_fingerprint
 from .data import list_split, load_classes
 from .rundir import read_success, stage_done, stage_writer
@@ -46,7 +46,9 @@ class Run:
         self.train_src = resolve(cfg.data.train, self.root, "data")
         self.test_src = resolve(cfg.data.test, self.root, "data") if cfg.data.test else None
         self.vae_path = resolve(cfg.encode.vae, self.root, "model")
-        self.teacher_path = resolve(cfg.train.teacher, self.root, "data") if cfg.train.teacher else None
+        # A library teacher (timm:/torchvision:) is no file: its weights come from the library's cache or download.
+        ref = cfg.train.teacher
+        self.teacher_path = resolve(ref, self.root, "data") if ref and not is_named_teacher(ref) else None
         self._train_index = None
         self.classes: list[str] | None = None
 

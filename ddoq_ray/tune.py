@@ -10,6 +10,9 @@ by ASHA (``time_attr="epoch"``). Two trial runners:
   when ASHA stops it there (ray-project/ray#54305, notes G11).
 * ``trainer: torch_trainer``: each trial is a light driver (no CPU) that runs a Ray Train ``TorchTrainer``
   (``train.num_workers`` x ``train.cpus_per_worker``) whose reports reach Tune through ``TuneReportCallback``.
+  When Tune stops such a trial (ASHA, also at ``max_t``), only Train's ``PlacementGroupCleaner`` frees its worker
+  placement group, and it needs the Ray State API (the dashboard): :func:`check_torch_trainer` refuses the sweep
+  without it, and :func:`sweep` waits for the groups to be freed before it returns.
 
 Validation: ``val_split: train_holdout`` takes ``val_per_class`` real train images per class, preferring images the
 encode stage did not see (with ``data.max_per_class`` those exist; on a full split they were encoded, so they
@@ -156,11 +159,63 @@ def _torch_trainer_trial(config: dict, data: dict) -> None:
     spec = None if cfg.label_mode == "hard" else data["spec"]
     trial = tune.get_context().get_trial_id()
     test = data["test"] if data["test"] is not None else data["val"]
-    out = train_student_ray(train, test, spec, cfg, data["seed"], data["num_classes"], data["storage"],
-                            f"trial-{trial}", val=data["val"], val_every=data["eval_every"],
-                            callbacks=[TuneReportCallback()])
-    tune.report({"epoch": out["epochs"], "val_top1": out.get("val_top1", float("nan")), "epochs": cfg.epochs,
-                 "finished": True, **({"test_top1": out["top1"]} if data["test"] is not None else {})})
+    # Every report (epoch, val_top1, epochs, finished, test_top1 at the end) comes from the Train workers through
+    # TuneReportCallback; a report from this driver after fit() would never arrive when ASHA stops the trial at
+    # max_t, which it does as soon as the last epoch's report comes in.
+    train_student_ray(train, test, spec, cfg, data["seed"], data["num_classes"], data["storage"], f"trial-{trial}",
+                      val=data["val"], val_every=data["eval_every"], callbacks=[TuneReportCallback()],
+                      tune_keys=True, tune_test=data["test"] is not None)
+
+
+def check_torch_trainer(tc: TuneConfig, wait_s: float = 3.0) -> None:
+    """Fail early when ``trainer: torch_trainer`` would leak placement groups.
+
+    When Tune stops a trial (ASHA, including at ``max_t``, or ``time_budget_s``) it kills the trial's actor, and
+    with it the Ray Train controller, before the controller can remove its worker placement group. In Ray 2.60
+    only Train's detached ``PlacementGroupCleaner`` frees that group, and it learns that the controller died
+    through the Ray State API, which is served by the dashboard. Without it the group stays reserved until the
+    driver exits and the next trials wait for CPUs that never come back (ray-project/ray#54305; notes G11;
+    measured here: both Train groups of a 2-trial ASHA sweep still CREATED 28 s after the sweep without the
+    dashboard, removed within 4 s with it). A FIFO sweep without a time budget never stops a trial, so it needs
+    no dashboard.
+
+    Raises:
+        RuntimeError: the State API does not answer within ``wait_s``; the message says what to change.
+    """
+    if tc.trainer != "torch_trainer" or (tc.scheduler == "fifo" and tc.time_budget_s is None):
+        return
+    from ray.util.state import list_nodes
+
+    deadline, err = time.monotonic() + wait_s, None
+    while True:
+        try:
+            list_nodes(limit=1, timeout=5, raise_on_missing_output=False)
+            return
+        except Exception as e:  # noqa: BLE001 - ServerUnavailable, or any failure to reach the State API
+            err = e
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    raise RuntimeError(
+        "tune.trainer=torch_trainer with ASHA (or tune.time_budget_s) needs the Ray dashboard: Ray Train frees the "
+        "placement group of a trial that Tune stopped only through the Ray State API, otherwise the group leaks and "
+        "later trials hang (ray-project/ray#54305). The State API did not answer "
+        f"({type(err).__name__}: {str(err).splitlines()[0][:160]}). Start the cluster with the dashboard "
+        "(ray[default] installed; `ray.include_dashboard: true` for an embedded cluster), or use "
+        "tune.trainer=function on one node, or tune.scheduler=fifo without time_budget_s."
+    )
+
+
+def _wait_for_placement_groups(before: set[str], timeout_s: float) -> list[str]:
+    """Wait until every placement group created since ``before`` is removed; return those still there."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = [k for k, v in ray.util.placement_group_table().items() if k not in before and v["state"] != "REMOVED"]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.5)
 
 
 def sweep(train: dict, val: dict, test: dict | None, spec: dict | None, tcfg: TrainConfig, tc: TuneConfig,
@@ -185,6 +240,7 @@ def sweep(train: dict, val: dict, test: dict | None, spec: dict | None, tcfg: Tr
                          "epochs); tune with online labels, then train the chosen config with precomputed ones")
     # Snapshots after every report are cheap here (small trials), but Tune warns when they take > 5 s on a busy box.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    check_torch_trainer(tc)
     n_conc, resources = concurrency(tc, tcfg)
     epochs_max = max_epochs(tcfg, tc.search_space)
     data = {"train": train, "val": val, "test": test if tc.report_test else None, "spec": spec,
@@ -207,19 +263,28 @@ def sweep(train: dict, val: dict, test: dict | None, spec: dict | None, tcfg: Tr
             trainable,
             param_space=param_space(tc.search_space),
             tune_config=tune.TuneConfig(metric=tc.metric, mode="max", scheduler=sched, num_samples=tc.num_samples,
-                                        max_concurrent_trials=n_conc, time_budget_s=tc.time_budget_s,
-                                        search_alg=BasicVariantGenerator(random_state=tc.seed)),
+                                        time_budget_s=tc.time_budget_s,
+                                        # Tune ignores max_concurrent_trials for a SearchGenerator (it logs so):
+                                        # the generator limits concurrency itself.
+                                        search_alg=BasicVariantGenerator(random_state=tc.seed,
+                                                                         max_concurrent=n_conc)),
             run_config=tune.RunConfig(name=name, storage_path=str(Path(storage).resolve()), verbose=0,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     log.info("tune: %d samples, up to %d trials at once (%s per trial, %s), ASHA max_t=%d epochs",
              tc.num_samples, n_conc, resources, tc.trainer, epochs_max)
     assert ray.is_initialized()
+    pgs_before = set(ray.util.placement_group_table())
     grid = tuner.fit()
-    return _rows(grid, list(tc.search_space))
+    if tc.trainer == "torch_trainer":  # stopped trials' Train groups are freed by Train's cleaner a few s later
+        left = _wait_for_placement_groups(pgs_before, timeout_s=60.0)
+        if left:
+            log.warning("tune: %d placement group(s) created during the sweep are still reserved (%s); see "
+                        "ray-project/ray#54305", len(left), ", ".join(left))
+    return _rows(grid, list(tc.search_space), tcfg.epochs)
 
 
-def _rows(grid, keys: list[str]) -> list[dict]:
+def _rows(grid, keys: list[str], default_epochs: int = 0) -> list[dict]:
     rows = []
     for r in grid:
         m = r.metrics or {}
@@ -229,7 +294,7 @@ def _rows(grid, keys: list[str]) -> list[dict]:
         for k in keys:
             v = r.config.get(k)
             row[k] = v if isinstance(v, int | float | str | bool) or v is None else json.dumps(v)
-        epochs = int(m.get("epochs") or r.config.get("epochs") or 0)
+        epochs = int(m.get("epochs") or r.config.get("epochs") or default_epochs)
         row.update({"epochs": epochs, "epoch": int(m.get("epoch") or 0),
                     "val_top1": float(m.get("val_top1", float("nan"))), "best_val_top1": best_val,
                     "test_top1": float(m["test_top1"]) if m.get("test_top1") is not None else None,
@@ -316,6 +381,9 @@ def run_tune(cfg: RunConfig) -> dict:
         raise ValueError("config has no `tune:` section (see configs/cifar10_tune.yaml)")
     tc, tcfg = cfg.tune, cfg.train
     t0 = time.perf_counter()
+    if tc.trainer == "torch_trainer":  # before the encode/quantize/decode stages, not after them
+        init_ray(cfg.ray)
+        check_torch_trainer(tc)
     run = Run(cfg)
     run.prepare()
     for stage in ("encode", "quantize", "decode"):
@@ -334,7 +402,7 @@ def run_tune(cfg: RunConfig) -> dict:
     teacher_info, spec = {"source": None, "top1": None}, None
     if tcfg.label_mode != "hard":
         _, spec, teacher_info = make_teacher(cfg, run.dir, run.train_index, test if test is not None else val,
-                                             n_classes, all_classes, run.teacher_path)
+                                             n_classes, all_classes, run.teacher_path, run.classes)
     syn = load_synthetic(run.dir / "decode", size)
     if tc.method == "random":
         inp = EvalInputs(cfg, run.dir, run.train_index, test or val, n_classes, None, spec, teacher_info, syn)
@@ -351,14 +419,20 @@ def run_tune(cfg: RunConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     name = f"sweep-{fingerprint(cfg)}"
     rows = sweep(train, val, test, spec, tcfg, tc, n_classes, out, name)
-    keys = list(tc.search_space)
+    return write_results(rows, list(tc.search_space), out, {
+        "experiment": str(out / name), "method": tc.method, "validation": val_src,
+        "wall_s": round(time.perf_counter() - t0, 1), "teacher": teacher_info})
+
+
+def write_results(rows: list[dict], keys: list[str], out: Path, info: dict) -> dict:
+    """Write ``out/results.parquet`` (one row per trial) and ``out/best.json`` (``info`` plus trial counts, the
+    best trial and its config); return best.json's content plus ``table`` (Markdown)."""
+    out.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), out / "results.parquet")
     best = best_trial(rows)
-    res = {"experiment": str(out / name), "results": str(out / "results.parquet"), "method": tc.method,
-           "validation": val_src, "trials": len(rows),
+    res = {**info, "results": str(out / "results.parquet"), "trials": len(rows),
            "finished": sum(not r["stopped_early"] and r["error"] is None for r in rows),
-           "errors": sum(r["error"] is not None for r in rows), "wall_s": round(time.perf_counter() - t0, 1),
-           "teacher": teacher_info, "best": best,
+           "errors": sum(r["error"] is not None for r in rows), "best": best,
            "best_config": {k: best[k] for k in keys} if best else None}
     (out / "best.json").write_text(json.dumps(res, indent=2, default=float))
     res["table"] = table(rows, keys)

@@ -30,7 +30,7 @@ def _build_teacher(spec: dict | None, num_classes: int, image_size: int) -> nn.M
     if "named" in spec:
         from ddoq_ray.students.teachers import load_named_teacher
 
-        return load_named_teacher(spec["named"], spec.get("class_index"))
+        return load_named_teacher(spec["named"], spec.get("class_index"), num_classes)
     if "path" in spec:
         class_index = spec.get("class_index")
         t_classes = spec.get("num_classes")
@@ -92,7 +92,13 @@ def _train_loop_per_worker(config: dict) -> dict:
     fault = config.get("fault") or {}
     val, val_every = fetch(config.get("val")), int(config.get("val_every") or 0)
 
+    tune_keys = bool(config.get("tune_keys"))
+
     def on_epoch(metrics: dict, make_state: Callable[[], dict], final: bool) -> None:
+        if tune_keys:  # what ddoq_ray.tune's result rows read (the reports reach Tune via TuneReportCallback)
+            metrics = {**metrics, "epochs": cfg.epochs, "finished": bool(final)}
+            if final and config.get("tune_test") and metrics.get("top1") is not None:
+                metrics["test_top1"] = metrics["top1"]
         # Train V2's worker result queue holds ONE result and the controller drains it every
         # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s), so a report per 0.3 s epoch would block ~2 s each. Report
         # only at checkpoint epochs, at validation epochs (Tune), at the end, and (progress) when the last report
@@ -169,6 +175,8 @@ def train_student_ray(
     val_every: int = 0,
     callbacks: list | None = None,
     fault: dict | None = None,
+    tune_keys: bool = False,
+    tune_test: bool = False,
 ) -> dict:
     """Run :func:`~ddoq_ray.students.train.fit_student`'s loop in a Ray Train V2 ``TorchTrainer``; return its
     final metrics.
@@ -190,6 +198,8 @@ def train_student_ray(
         callbacks: Ray Train ``UserCallback``s (e.g. Tune's ``TuneReportCallback``).
         fault: test hook ``{"flag_file": path, "epoch": e}``: the first attempt's worker exits after the
             checkpoint at epoch ``e`` (see :func:`_maybe_inject_fault`).
+        tune_keys: add ``epochs`` (planned) and ``finished`` to every report, for a Tune trial
+            (:mod:`ddoq_ray.tune`); with ``tune_test`` the final report also carries ``test_top1`` (= ``top1``).
 
     Returns:
         ``{"top1", "train_loss", "epochs", "n_train", "start_epoch", "wall_s"}`` (top1 on the full test set at
@@ -227,6 +237,8 @@ def train_student_ray(
             "val": val,
             "val_every": val_every,
             "fault": fault,
+            "tune_keys": tune_keys,
+            "tune_test": tune_test,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,

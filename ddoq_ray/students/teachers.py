@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddoq_ray.assets import is_named_teacher  # noqa: F401 - re-exported next to load_named_teacher
 from ddoq_ray.students.augment import random_resized_crop_flip
 from ddoq_ray.students.models import build_model
 
@@ -157,12 +158,37 @@ def train_teacher(
     return _freeze(model), top1
 
 
-def load_named_teacher(ref: str, class_index: list[int] | None = None) -> nn.Module:
+def named_class_index(classes: list[str] | None, class_subset: list[int] | None) -> list[int] | None:
+    """The logit columns of a pretrained ImageNet-1K classifier that are the run's classes, in run-label order.
+
+    1. Every run class is an ImageNet-1K WNID (ImageNet, ImageNette or ImageWoof in ImageFolder layout): the
+       classes' ImageNet-1K indices (the sorted-WNID label order timm and torchvision weights use).
+    2. Else ``data.class_subset``: the run keeps those labels of a dataset whose labels already are the teacher's
+       (e.g. ImageNet-1K with integer labels).
+    3. Else None: all of the teacher's outputs (they must then be the run's classes; see :func:`load_named_teacher`).
+    """
+    from ddoq_ray.classlists import imagenet_index, is_wnid
+
+    if classes:
+        index = imagenet_index()
+        if all(is_wnid(c) and c in index for c in classes):
+            return [index[c] for c in classes]
+    return list(class_subset) if class_subset is not None else None
+
+
+def load_named_teacher(ref: str, class_index: list[int] | None = None, num_classes: int | None = None) -> nn.Module:
     """A pretrained library classifier as teacher: ``timm:<name>`` (``timm.create_model(name, pretrained=True)``,
-    weights from the Hugging Face hub) or ``torchvision:<name>`` (``torchvision.models.get_model(name,
-    weights="DEFAULT")``, weights from download.pytorch.org). Both need network access (or the library's cache)
-    on first use. Input: float NCHW in [0, 1] (ImageNet normalisation is applied here); output: the model's
-    logits, restricted to ``class_index`` columns when given (e.g. the ImageNet ids of an ImageNet subset).
+    weights from the Hugging Face hub: ``hf_hub_download`` of the model's ``hf_hub_id``, ``model.safetensors``)
+    or ``torchvision:<name>`` (``torchvision.models.get_model(name, weights="DEFAULT")``: ``torch.hub``
+    downloads the weights enum's URL into ``$TORCH_HOME/hub/checkpoints/``). Online, the libraries download the
+    weights on first use; offline (``HF_HUB_OFFLINE=1``), they load them from their caches (``$HF_HOME/hub``,
+    ``$TORCH_HOME/hub/checkpoints``), which must then be pre-populated. Input: float NCHW in [0, 1] (ImageNet
+    normalisation is applied here); output: the model's logits, restricted to ``class_index`` columns when given
+    (see :func:`named_class_index`). The classifier head is kept as trained (no replacement).
+
+    Raises:
+        ValueError: unknown library, or ``num_classes`` given and the teacher's output width (after
+            ``class_index``) differs from it.
     """
     from ddoq_ray.students.models import _Normalized
 
@@ -171,12 +197,21 @@ def load_named_teacher(ref: str, class_index: list[int] | None = None) -> nn.Mod
         import timm
 
         model = timm.create_model(name, pretrained=True)
+        n_out = int(model.num_classes)
     elif kind == "torchvision":
         import torchvision
 
-        model = torchvision.models.get_model(name, weights="DEFAULT")
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        model = torchvision.models.get_model(name, weights=weights)
+        n_out = len(weights.meta["categories"])
     else:
         raise ValueError(f"teacher {ref!r}: expected timm:<name> or torchvision:<name>")
-    model = _Normalized(model)
-    n_out = getattr(model.model, "num_classes", None) or 1000
-    return _freeze(with_class_index(model, class_index, int(n_out)))
+    width = len(class_index) if class_index is not None else n_out
+    if num_classes is not None and width != num_classes:
+        raise ValueError(
+            f"teacher {ref!r} has {n_out} outputs (ImageNet-1K classes for the usual weights) but the run has "
+            f"{num_classes} classes. Name the classes by ImageNet WNIDs (ImageFolder folders such as n01440764: "
+            f"ImageNet, ImageNette, ImageWoof), or keep ImageNet labels with data.class_subset, or use a checkpoint "
+            f"teacher trained on these classes (train.teacher: path, train.teacher_arch)"
+        )
+    return _freeze(with_class_index(_Normalized(model), class_index, n_out))
