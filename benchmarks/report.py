@@ -214,7 +214,7 @@ def main():
               "the one-process plain script (median of a run before and after the Ray runs) vs `run_encode` on a local "
               "2-CPU Ray cluster, excluding `ray.init`. `marginal` removes the fixed cost "
               f"({enc['ray_fixed_overhead_s']:.1f} s: actor start-up and model load, from a 130-image run).", "",
-              _fmt_rows(enc["rows"], enc["columns"]), ""]
+              _fmt_rows(enc["rows"], enc["columns"]), ""] + [f"- {n}" for n in enc.get("notes", [])] + [""]
     if w2:
         L += ["## Latent W2 solvers (`bench_w2.py`)", "",
               f"1 thread; median of {w2['repeats']} interleaved repeats. `peak_mb`: peak-RSS increase during the "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -197,6 +197,10 @@ class TrainConfig(_Section):
         1.0, gt=0, description="CPUs per Ray Train worker (= torch threads); 2: one student uses 2 cores."
     )
     use_gpu: Literal["auto", True, False] = "auto"
+    concurrent_students: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="Students trained at the same time (each its own TorchTrainer). auto: as many as the "
+                            "cluster's CPUs (and GPUs) hold at num_workers x cpus_per_worker each; 1: in sequence."
+    )
     checkpoint_every: int = Field(50, gt=0, description="Epochs between Ray Train checkpoints.")
     max_failures: int = Field(2, ge=0, description="Ray Train FailureConfig(max_failures): worker restarts.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

@@ -184,12 +184,47 @@ def train_one(inp: EvalInputs, tcfg: TrainConfig, method: str, seed: int, out: P
     return row
 
 
+def student_concurrency(tcfg: TrainConfig, n_students: int) -> int:
+    """How many students to train at once: ``train.concurrent_students``, or with ``auto`` the number of
+    ``num_workers x cpus_per_worker`` (and ``num_workers`` GPUs when students use GPUs) the Ray cluster holds;
+    between 1 and ``n_students``. Local mode (``num_workers=0``) trains in the driver: one at a time."""
+    import math
+
+    import ray
+
+    from .students.ray_train import _resolve_use_gpu
+
+    if tcfg.concurrent_students != "auto":
+        n = int(tcfg.concurrent_students)
+    elif tcfg.num_workers == 0 or not ray.is_initialized():
+        n = 1
+    else:
+        res = ray.cluster_resources()
+        n = math.floor(res.get("CPU", 1) / (tcfg.num_workers * tcfg.cpus_per_worker) + 1e-9)
+        if _resolve_use_gpu(tcfg.use_gpu):
+            n = min(n, math.floor(res.get("GPU", 0) / tcfg.num_workers + 1e-9))
+    return max(1, min(n, n_students))
+
+
+def train_many(inp: EvalInputs, jobs: list[tuple[TrainConfig, str, int]], out: Path, tag=lambda t: "") -> list[dict]:
+    """Train the ``(train config, method, seed)`` students, up to :func:`student_concurrency` at once (threads,
+    each driving its own TorchTrainer; Ray schedules their workers). Rows come back in ``jobs`` order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = student_concurrency(jobs[0][0], len(jobs)) if jobs else 1
+    if n == 1:
+        return [train_one(inp, t, m, s, out, tag(t)) for t, m, s in jobs]
+    log.info("train: %d students, %d at a time", len(jobs), n)
+    with ThreadPoolExecutor(n, thread_name_prefix="student") as ex:
+        return list(ex.map(lambda j: train_one(inp, j[0], j[1], j[2], out, tag(j[0])), jobs))
+
+
 def run_train(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test_index: pa.Table, classes: list[str],
               all_classes: list[str], teacher_path: str | None, out: Path, summary: dict) -> None:
     """Train every (method, seed) student with Ray Train and record top-1 on the test split."""
     inp = load_inputs(cfg, run_dir, train_index, test_index, classes, all_classes, teacher_path)
     (out / "teacher.json").write_text(json.dumps(inp.teacher_info, indent=2))
-    rows = [train_one(inp, cfg.train, m, s, out) for m in cfg.train.methods for s in cfg.train.seeds]
+    rows = train_many(inp, [(cfg.train, m, s) for m in cfg.train.methods for s in cfg.train.seeds], out)
     pq.write_table(pa.Table.from_pylist(rows), out / "students.parquet")
     summary.update({"teacher_top1": inp.teacher_info["top1"], "students": len(rows),
                     "label_mode": cfg.train.label_mode})
@@ -213,14 +248,11 @@ def run_matrix(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test_index:
     inp = load_inputs(cfg, run_dir, train_index, test_index, classes, all_classes, teacher_path)
     for arch in archs:
         tcfg = cfg.train.model_copy(update={"student": arch})
-        for method in tcfg.methods:
-            for seed in tcfg.seeds:
-                key = (arch, method, seed, tcfg.epochs)
-                if any((r["arch"], r["method"], r["seed"], r["epochs"]) == key for r in rows):
-                    continue
-                row = train_one(inp, tcfg, method, seed, out / "matrix", tag=f"{arch}-")
-                rows.append({"arch": arch, **row})
-                pq.write_table(pa.Table.from_pylist(rows), runs_path)
+        todo = [(tcfg, m, s) for m in tcfg.methods for s in tcfg.seeds
+                if not any((r["arch"], r["method"], r["seed"], r["epochs"]) == (arch, m, s, tcfg.epochs) for r in rows)]
+        # One architecture at a time, its students in parallel; its rows are saved before the next one starts.
+        rows += [{"arch": arch, **row} for row in train_many(inp, todo, out / "matrix", tag=lambda t: f"{t.student}-")]
+        pq.write_table(pa.Table.from_pylist(rows), runs_path)
     agg = []
     for arch in archs:
         for method in cfg.train.methods:

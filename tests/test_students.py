@@ -431,3 +431,52 @@ def test_killed_worker_resumes_from_checkpoint(ray_session, tmp_path):
     assert flag.read_text().startswith("killed after epoch 4")
     assert out["epochs"] == 8 and out["start_epoch"] == 4, out
     assert 0.0 <= out["top1"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------ students in parallel
+
+
+def test_student_concurrency_fits_the_cluster(monkeypatch):
+    import ray
+
+    from ddoq_ray.evaluate import student_concurrency
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 2.0})
+    cpu = TrainConfig(use_gpu=False, num_workers=1, cpus_per_worker=2)
+    assert student_concurrency(cpu, 9) == 4  # 8 CPUs / 2 per student
+    assert student_concurrency(cpu, 3) == 3  # never more than there are students
+    assert student_concurrency(cpu.model_copy(update={"num_workers": 2, "cpus_per_worker": 1.5}), 9) == 2
+    assert student_concurrency(TrainConfig(use_gpu="auto", num_workers=1, cpus_per_worker=1), 9) == 2  # 2 GPUs
+    assert student_concurrency(cpu.model_copy(update={"concurrent_students": 1}), 9) == 1
+    assert student_concurrency(cpu.model_copy(update={"num_workers": 0}), 9) == 1  # local mode: in the driver
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0})
+    assert student_concurrency(cpu, 9) == 1  # a student bigger than the cluster still runs (one at a time)
+    with pytest.raises(ValueError):
+        TrainConfig(concurrent_students=0)
+
+
+def test_students_in_parallel_match_students_in_sequence(ray_session, tmp_path):
+    """Two TorchTrainers at once (1 CPU each on the 2-CPU test cluster) give exactly the accuracies of the same
+    students trained one after another in this process on 1 thread: concurrency changes scheduling, not results."""
+    from ddoq_ray.config import load_config
+    from ddoq_ray.evaluate import EvalInputs, method_set, student_concurrency, train_many
+
+    train, test = _synthetic(6, 0), _synthetic(20, 1)
+    cfg = load_config("configs/smoke.yaml", ["train.image_size=16", "train.epochs=3", "train.batch_size=8",
+                                            "train.cpus_per_worker=1", "train.use_gpu=false",
+                                            "train.label_mode=hard", "train.precision=fp32"])
+    syn = {"images": train["images"], "labels": train["labels"], "mass": np.linspace(0.5, 1.5, 18) / 18}
+    inp = EvalInputs(cfg, tmp_path, None, test, 3, None, None, {"source": None}, syn)
+    jobs = [(cfg.train, "d4m", 0), (cfg.train, "ddoq", 1)]
+    assert student_concurrency(cfg.train, len(jobs)) == 2
+    par = train_many(inp, jobs, tmp_path / "par")
+    assert [(r["method"], r["seed"]) for r in par] == [("d4m", 0), ("ddoq", 1)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seq = [fit_student(method_set(inp, m, s, t), test, None, t, s, 3, device="cpu") for t, m, s in jobs]
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["top1"] for r in par] == [r["top1"] for r in seq]
+    assert [r["train_loss"] for r in par] == pytest.approx([r["train_loss"] for r in seq], rel=1e-5)
