@@ -20,6 +20,8 @@ Artifact ``<run>/quantize/``:
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +162,8 @@ def w2(latents: np.ndarray, centroids: np.ndarray, weights: np.ndarray) -> float
 
     Uses POT's network simplex ``ot.emd2`` with squared Euclidean cost (returns W2²) in float64; memory n·K.
     """
+    if "torch" not in sys.modules:  # POT imports torch for its backends (+0.6 GB per quantize worker) unless told
+        os.environ.setdefault("POT_BACKEND_DISABLE_PYTORCH", "1")
     import ot
 
     x = latents.reshape(len(latents), -1).astype(np.float64)

@@ -85,3 +85,19 @@ def test_small_class_policy():
     assert class_k(30, QuantizeConfig(ipc=10), 0) == 10
     with pytest.raises(ValueError, match="class 4 has 3 latents < ipc=10"):
         class_k(3, QuantizeConfig(ipc=10), 4)
+
+
+def test_quantize_worker_code_does_not_import_torch():
+    """A quantize task (read latents, k-means, W2) must not pull in torch: POT would import it for its backends,
+    +0.6 GB in every quantize worker (measured in benchmarks/bench_quantize_scale.py)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from ddoq_ray.quantize import quantize_class, w2\n"
+            "z = np.random.default_rng(0).normal(size=(40, 4, 2, 2)).astype(np.float32)\n"
+            "q = quantize_class(z, 3)\n"
+            "w2(z, q.centroids, q.mass)\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
