@@ -160,7 +160,7 @@ def main():
     m = next((x["machine"] for x in (q, qs, enc, w2, mj) if x), None)
     L = ["# Benchmarks", "",
          "Regenerate everything (results in `benchmarks/results/*.json`, then this file):", "",
-         "```bash", "bash benchmarks/run_all.sh            # full (~25 min on 2 cores)",
+         "```bash", "bash benchmarks/run_all.sh            # full (~30 min on 2 cores)",
          "bash benchmarks/run_all.sh --quick    # each script's --quick version (~6 min)",
          ".venv/bin/python -m benchmarks --report   # re-render this file from the stored JSON only",
          "```", "",
@@ -169,10 +169,11 @@ def main():
          "from an encode stage (`--encode-dir`, default `/tmp/main_enc/encode`; skipped if absent). "
          "`bench_quantize_scale` writes ~21 GB of synthetic latents to `/tmp/ddoq_bench_scale` for 1,000 classes "
          "(`--classes 100 300` for ~6 GB).", "",
-         "**Noise.** The machine is shared (other jobs ran during these measurements, load average 3–5 on 2 cores). "
-         "Competing variants are always measured in the same run, interleaved in rotating order, and compared as "
-         "ratios; where cheap, times are medians of ≥ 3 repeats. Absolute times can be off by 2× between runs; "
-         "ratios are more stable.", ""]
+         "**Noise.** The machine is shared. For these results the other engineers' processes ran in a "
+         "deprioritised scheduler group (`echo 19 > /proc/<pid>/autogroup`: plain `nice` does not work across "
+         "sessions while the kernel's autogroup scheduling is on) and Ray workers ran at nice 0 "
+         "(`RAY_worker_niceness=0`; Ray's default is 15). Competing variants are measured in the same run, "
+         "interleaved in rotating order, and compared as ratios; where cheap, times are medians of ≥ 3 repeats.", ""]
     if m:
         L += ["## Machine", "",
               f"- CPU: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, avx512_bf16: {m['avx512_bf16']}, "
