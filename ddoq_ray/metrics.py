@@ -21,12 +21,13 @@ method has weights), ``precision``, ``recall``, ``density``, ``coverage``, and `
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from . import storage
 
 log = logging.getLogger("ddoq_ray")
 
@@ -174,7 +175,7 @@ def inception_fid(real: np.ndarray, fake: np.ndarray) -> tuple[float | None, str
 
 
 def run_metrics(sets: dict[str, dict], real: np.ndarray, teacher_spec: dict, k: int, inception: str,
-                out: Path, summary: dict) -> None:
+                out: str, summary: dict) -> None:
     """Compute every metric for each method's image set and write ``metrics.json``.
 
     Args:
@@ -203,11 +204,11 @@ def run_metrics(sets: dict[str, dict], real: np.ndarray, teacher_spec: dict, k: 
         res["methods"][method] = m
         log.info("metrics: %s FID (teacher features) %.3f, precision %.3f, recall %.3f", method,
                  m["fid_teacher"], m["precision"], m["recall"])
-    (out / "metrics.json").write_text(json.dumps(res, indent=2))
+    storage.write_json(storage.join(out, "metrics.json"), res)
     summary.update({"methods": list(sets), "features": res["features"]})
 
 
-def metrics_stage(run, out: Path, summary: dict) -> None:
+def metrics_stage(run, out: str, summary: dict) -> None:
     """Assemble the image sets of a run (random subset, d4m, ddoq) and the real test split, then
     :func:`run_metrics`. ``run`` is a :class:`ddoq_ray.pipeline.Run`."""
     import pyarrow as pa
@@ -216,12 +217,13 @@ def metrics_stage(run, out: Path, summary: dict) -> None:
     from .decode import load_synthetic
     from .encode import scan
     from .evaluate import normalised_weights, random_subset
+    from .rundir import stage_path
 
     cfg, size = run.cfg, run.cfg.train.image_size
     test_index, _ = list_split(run.test_src, cfg.data, cfg.metrics.max_real_per_class)
     real = load_arrays(test_index, cfg.data.image_column, size)["images"]
-    syn = load_synthetic(run.dir / "decode", size)
-    ok = scan(run.dir / "encode", columns=["id", "label"], status="ok")
+    syn = load_synthetic(stage_path(run.dir, "decode"), size)
+    ok = scan(stage_path(run.dir, "encode"), columns=["id", "label"], status="ok")
     by_class: dict[int, list[str]] = {}
     for i, c in zip(ok.column("id").to_pylist(), ok.column("label").to_pylist(), strict=True):
         by_class.setdefault(c, []).append(i)
