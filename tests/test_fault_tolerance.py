@@ -46,7 +46,8 @@ def _stage(run: Path, stage: str) -> Path:
 
 
 def _centroids(run: Path):
-    t = pq.read_table(_stage(run, "quantize") / "centroids.parquet").sort_by([("label", "ascending"), ("k", "ascending")])
+    t = pq.read_table(_stage(run, "quantize") / "centroids.parquet")
+    t = t.sort_by([("label", "ascending"), ("k", "ascending")])
     return t.column("centroid").combine_chunks().to_numpy_ndarray(), t.select(["label", "k", "count"]).to_pylist()
 
 

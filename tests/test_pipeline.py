@@ -92,7 +92,7 @@ def test_report_has_a_grid_per_class_and_the_run_numbers(smoke_run):
     assert f"{res['w2_per_class'][0]['w2_mass']:.4f}"[:5] in page or "w2" in page
     md = (out / "report.md").read_text()
     assert "report_files/grid_class_0.png" in md and (out / "report_files" / "grid_class_2.png").is_file()
-    assert "decode/manifest.parquet" in page  # sha256 table lists the outputs
+    assert re.search(r"decode/attempt-[\w-]+/manifest\.parquet", page)  # sha256 table lists the live outputs
 
 
 def test_report_renders_in_headless_chromium(smoke_run, tmp_path):
