@@ -112,7 +112,7 @@ def class_id_map(class_ids: list[int] | str | None, classes: list[str]) -> list[
     ids = class_ids
     if isinstance(class_ids, str):
         try:
-            ids = json.loads(Path(class_ids).read_text())
+            ids = storage.read_json(class_ids)  # a local path or a URI
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"decode.class_ids {class_ids!r}: cannot read a JSON list/dict ({e})") from e
         if isinstance(ids, dict):

@@ -22,7 +22,6 @@ method has weights), ``precision``, ``recall``, ``density``, ``coverage``, and `
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -187,7 +186,8 @@ def run_metrics(sets: dict[str, dict], real: np.ndarray, teacher_spec: dict, k: 
     feats = extract_features(np.concatenate([real] + [sets[m]["images"] for m in names]), teacher_spec)
     bounds = np.cumsum([len(real)] + [len(sets[m]["images"]) for m in names])
     real_f = feats[:bounds[0]]
-    res: dict = {"features": f"penultimate layer of {teacher_spec['arch']} ({Path(teacher_spec['path']).name})",
+    ckpt = storage.basename(str(teacher_spec["path"]))
+    res: dict = {"features": f"penultimate layer of {teacher_spec['arch']} ({ckpt})",
                  "label": "FID (teacher features): not Inception FID", "n_real": len(real),
                  "k": k, "methods": {}}
     note_logged = False
