@@ -65,7 +65,8 @@ def test_gpu_config_on_cpu_cluster_fails_within_timeout(assets, tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr  # a clear message, not a stack trace
     assert "ddoq-ray: error: encode: the config requires GPUs" in p.stderr
     assert "ray.require_gpu" in p.stderr and "ray.gpu_wait_s" in p.stderr
-    assert not (tmp_path / "run" / "encode").exists()  # nothing committed
+    assert not (tmp_path / "run" / "encode" / "_SUCCESS.json").exists()  # nothing committed (an empty attempt
+    assert not list((tmp_path / "run" / "encode").glob("*/latents"))  # folder stays for a resume; no latents)
     assert took < wait + 60, took  # the wait plus Ray start-up, not a hang
 
 
