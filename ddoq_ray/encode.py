@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -139,6 +140,21 @@ def write_shard_marker(out: str, shard: dict, counts: dict) -> None:
     storage.write_json(storage.join(out, "done", f"{shard['id']}.json"), {**shard, **counts, "at": time.time()})
 
 
+def shard_counts(dest: str, rows: int) -> dict:
+    """``{"rows", "encoded", "skipped"}`` of one written shard folder.
+
+    Raises:
+        RuntimeError: the shard holds another number of rows than it was given (not marked done, so redone).
+    """
+    fs, path = storage.resolve(dest)
+    part = pads.partitioning(pa.schema([("status", pa.string()), ("label", pa.int64())]), flavor="hive")
+    status = pads.dataset(path, format="parquet", partitioning=part, filesystem=fs).to_table(columns=["status"])
+    ok = int(pc.sum(pc.equal(status.column("status"), "ok")).as_py() or 0)
+    if status.num_rows != rows:
+        raise RuntimeError(f"encode: shard {dest} has {status.num_rows} rows, expected {rows}")
+    return {"rows": rows, "encoded": ok, "skipped": rows - ok}
+
+
 def encode_shard(cfg: RunConfig, index: pa.Table, vae_path: str, shape, device: str, dest: str) -> None:
     """Encode the rows of ``index`` through a Ray Data actor pool into ``dest`` (hive ``status=/label=``)."""
     import ray
@@ -189,7 +205,7 @@ def run_encode(cfg: RunConfig, index: pa.Table, vae_path: str, out: str, summary
         dest = storage.join(out, "latents", f"shard={s['id']}")
         storage.delete_dir(dest)  # partial files of a killed attempt
         encode_shard(cfg, index.slice(s["start"], s["stop"] - s["start"]), vae_path, shape, device, dest)
-        write_shard_marker(out, s, {"rows": s["stop"] - s["start"]})
+        write_shard_marker(out, s, shard_counts(dest, s["stop"] - s["start"]))
     meta = {"vae": cfg.encode.vae, "vae_path": vae_path, "vae_kind": vae_kind(vae_path, ecfg.vae_kind),
             "image_size": size, "latent_shape": list(shape), "latent": ecfg.latent}
     storage.write_json(storage.join(out, META), meta)

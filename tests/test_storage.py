@@ -163,6 +163,9 @@ def test_encode_resumes_at_the_first_unfinished_shard(ray_session, assets, tmp_p
     assert marker["attempt"] == attempts[0] == marker["resumed_attempt"]
     assert storage.walk_files(shard0) == files0  # finished shards were not written again
     assert marker["input"] == 60 == marker["encoded"] + marker["skipped"]
+    done_dir = storage.join(stage_path(run.dir, "encode"), "done")
+    done = [storage.read_json(storage.join(done_dir, f)) for f in storage.listdir(done_dir)]
+    assert [d["rows"] for d in done] == [25, 25, 10] and sum(d["encoded"] + d["skipped"] for d in done) == 60
 
     a = scan(stage_path(run.dir, "encode"), columns=["id", "label", "latent"]).sort_by("id")
     b = scan(stage_path(local_ref, "encode"), columns=["id", "label", "latent"]).sort_by("id")  # one shard
@@ -192,6 +195,7 @@ def test_cli_run_fully_in_s3_with_credentials_from_the_environment(s3, assets, t
         cmd += ["--set", s]
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
     assert p.returncode == 0, p.stderr[-3000:]
+    run = s3.uri("runs/cli")  # this process has no AWS_* variables: read the results with the URI's credentials
     res = storage.read_json(storage.join(run, "results.json"))
     assert set(res["stages"]) == {"encode", "quantize", "decode", "train", "metrics"}
     for stage in res["stages"]:
