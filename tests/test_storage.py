@@ -136,8 +136,8 @@ def test_encode_resumes_at_the_first_unfinished_shard(ray_session, assets, tmp_p
     from ddoq_ray import encode
     from ddoq_ray.pipeline import Run, run_stage
 
-    cfg = load_config("configs/smoke.yaml", [f"output_dir={tmp_path / 'run'}", "encode.shard_rows=25",
-                                             f"assets_root={assets}", *SMALL])  # 60 rows: shards of 25, 25, 10
+    cfg = load_config("configs/smoke.yaml", [f"output_dir={tmp_path / 'run'}", "encode.shard_rows=30",
+                                             f"assets_root={assets}", *SMALL])  # 60 rows: two shards of 30
     run = Run(cfg)
     run.prepare()
     real_marker, calls = encode.write_shard_marker, []
@@ -159,13 +159,13 @@ def test_encode_resumes_at_the_first_unfinished_shard(ray_session, assets, tmp_p
 
     assert run_stage(Run(cfg), "encode")
     marker = storage.read_json(storage.join(run.dir, "encode", SUCCESS))
-    assert marker["shards"] == 3 and marker["resumed_shards"] == 1 and marker["encoded_shards"] == 2
+    assert marker["shards"] == 2 and marker["resumed_shards"] == 1 and marker["encoded_shards"] == 1
     assert marker["attempt"] == attempts[0] == marker["resumed_attempt"]
     assert storage.walk_files(shard0) == files0  # finished shards were not written again
     assert marker["input"] == 60 == marker["encoded"] + marker["skipped"]
     done_dir = storage.join(stage_path(run.dir, "encode"), "done")
     done = [storage.read_json(storage.join(done_dir, f)) for f in storage.listdir(done_dir)]
-    assert [d["rows"] for d in done] == [25, 25, 10] and sum(d["encoded"] + d["skipped"] for d in done) == 60
+    assert [d["rows"] for d in done] == [30, 30] and sum(d["encoded"] + d["skipped"] for d in done) == 60
 
     a = scan(stage_path(run.dir, "encode"), columns=["id", "label", "latent"]).sort_by("id")
     b = scan(stage_path(local_ref, "encode"), columns=["id", "label", "latent"]).sort_by("id")  # one shard
