@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from . import storage
@@ -256,8 +255,7 @@ def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path
     manifest = manifest.set_column(manifest.schema.get_field_index("k"), "k", manifest.column("k").cast(pa.int32()))
     manifest = manifest.set_column(manifest.schema.get_field_index("copy"), "copy",
                                    manifest.column("copy").cast(pa.int32()))
-    fs, path = storage.resolve(storage.join(out, "manifest.parquet"))
-    pq.write_table(manifest, path, filesystem=fs)
+    storage.write_parquet(manifest, storage.join(out, "manifest.parquet"))
     buf = io.BytesIO()
     make_grid(manifest, root).save(buf, format="PNG")
     storage.write_bytes(storage.join(out, "grid.png"), buf.getvalue())
@@ -270,8 +268,7 @@ def load_synthetic(decode_dir: str, size: int) -> dict[str, np.ndarray]:
     stage's folder (:func:`ddoq_ray.rundir.stage_path`), a local path or URI."""
     from .data import decode_image
 
-    fs, path = storage.resolve(storage.join(decode_dir, "manifest.parquet"))
-    manifest = pq.read_table(path, filesystem=fs).to_pylist()
+    manifest = storage.read_parquet(storage.join(decode_dir, "manifest.parquet")).to_pylist()
     root = storage.join(decode_dir, "synthetic")
     images = np.stack([decode_image(storage.read_bytes(storage.join(root, r["path"])), size) for r in manifest])
     return {"images": images, "labels": np.array([r["label"] for r in manifest], dtype=np.int64),

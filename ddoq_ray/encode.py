@@ -25,7 +25,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from . import storage
 from .config import RunConfig
@@ -229,8 +228,7 @@ def account(out: str, index: pa.Table) -> dict:
                            f"{sorted(missing)[:3]}")
     status = t.column("status").to_numpy(zero_copy_only=False)
     skipped = t.filter(pa.array(status == "skipped")).select(["id", "label", "error"])
-    fs, path = storage.resolve(storage.join(out, "skipped.parquet"))
-    pq.write_table(skipped, path, filesystem=fs)
+    storage.write_parquet(skipped, storage.join(out, "skipped.parquet"))
     labels = t.column("label").to_numpy()
     per_class = {int(c): int(((labels == c) & (status == "ok")).sum()) for c in np.unique(labels)}
     return {"input": index.num_rows, "encoded": int((status == "ok").sum()), "skipped": int(len(skipped)),

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import storage
 from .config import RunConfig, TrainConfig
@@ -187,18 +186,13 @@ def train_one(inp: EvalInputs, tcfg: TrainConfig, method: str, seed: int, out: s
     return row
 
 
-def _write_table(table: pa.Table, loc: str) -> None:
-    fs, path = storage.resolve(loc)
-    pq.write_table(table, path, filesystem=fs)
-
-
 def run_train(cfg: RunConfig, run_dir: str, train_index: pa.Table, test_index: pa.Table, classes: list[str],
               all_classes: list[str], teacher_path: str | None, out: str, summary: dict) -> None:
     """Train every (method, seed) student with Ray Train and record top-1 on the test split."""
     inp = load_inputs(cfg, run_dir, train_index, test_index, classes, all_classes, teacher_path)
     storage.write_json(storage.join(out, "teacher.json"), inp.teacher_info)
     rows = [train_one(inp, cfg.train, m, s, out) for m in cfg.train.methods for s in cfg.train.seeds]
-    _write_table(pa.Table.from_pylist(rows), storage.join(out, "students.parquet"))
+    storage.write_parquet(pa.Table.from_pylist(rows), storage.join(out, "students.parquet"))
     summary.update({"teacher_top1": inp.teacher_info["top1"], "students": len(rows),
                     "label_mode": cfg.train.label_mode})
     if rows and rows[0]["label_bytes_per_image_epoch"] is not None:
@@ -218,10 +212,7 @@ def run_matrix(cfg: RunConfig, run_dir: str, train_index: pa.Table, test_index: 
     out = storage.join(run_dir, "train")
     storage.makedirs(out)
     runs_path = storage.join(out, "matrix_runs.parquet")
-    rows = []
-    if storage.is_file(runs_path):
-        fs, path = storage.resolve(runs_path)
-        rows = pq.read_table(path, filesystem=fs).to_pylist()
+    rows = storage.read_parquet(runs_path).to_pylist() if storage.is_file(runs_path) else []
     inp = load_inputs(cfg, run_dir, train_index, test_index, classes, all_classes, teacher_path)
     for arch in archs:
         tcfg = cfg.train.model_copy(update={"student": arch})
@@ -232,7 +223,7 @@ def run_matrix(cfg: RunConfig, run_dir: str, train_index: pa.Table, test_index: 
                     continue
                 row = train_one(inp, tcfg, method, seed, storage.join(out, "matrix"), tag=f"{arch}-")
                 rows.append({"arch": arch, **row})
-                _write_table(pa.Table.from_pylist(rows), runs_path)
+                storage.write_parquet(pa.Table.from_pylist(rows), runs_path)
     agg = []
     for arch in archs:
         for method in cfg.train.methods:
@@ -244,7 +235,7 @@ def run_matrix(cfg: RunConfig, run_dir: str, train_index: pa.Table, test_index: 
                         "top1_mean": float(a.mean()), "top1_std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
                         "n": len(a)})
     table = pa.Table.from_pylist(agg)
-    _write_table(table, storage.join(out, "matrix.parquet"))
+    storage.write_parquet(table, storage.join(out, "matrix.parquet"))
     storage.write_json(storage.join(out, "matrix_teacher.json"), inp.teacher_info)
     return table
 

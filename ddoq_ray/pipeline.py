@@ -16,7 +16,6 @@ import platform
 from importlib import metadata
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from . import storage
 from .assets import assets_root, resolve
@@ -174,12 +173,13 @@ def write_results(run: Run) -> dict:
     ignored = (run.train_index.schema.metadata or {}).get(b"ignored_files")
     res["ignored_files"] = json.loads(ignored) if ignored else []
     if "quantize" in res["stages"]:
-        res["w2_per_class"] = read_parquet(storage.join(stage_path(d, "quantize"), "classes.parquet")).to_pylist()
+        quantize = stage_path(d, "quantize")
+        res["w2_per_class"] = storage.read_parquet(storage.join(quantize, "classes.parquet")).to_pylist()
     if "metrics" in res["stages"]:
         res["metrics"] = storage.read_json(storage.join(stage_path(d, "metrics"), "metrics.json"))
     if "train" in res["stages"]:
         train = stage_path(d, "train")
-        rows = read_parquet(storage.join(train, "students.parquet")).to_pylist()
+        rows = storage.read_parquet(storage.join(train, "students.parquet")).to_pylist()
         res["teacher"] = storage.read_json(storage.join(train, "teacher.json"))
         res["methods"] = {}
         for m in dict.fromkeys(r["method"] for r in rows):
@@ -189,12 +189,6 @@ def write_results(run: Run) -> dict:
                                  "seeds": [r["seed"] for r in rows if r["method"] == m]}
     storage.write_json(storage.join(d, "results.json"), res)
     return res
-
-
-def read_parquet(loc: str, **kwargs):
-    """``pyarrow.parquet.read_table`` for a location (local path or URI)."""
-    fs, path = storage.resolve(loc)
-    return pq.read_table(path, filesystem=fs, **kwargs)
 
 
 def results_table(res: dict) -> str:

@@ -244,8 +244,7 @@ def run_quantize(qcfg: QuantizeConfig, encode_dir: str, labels: list[int], out: 
         for w in writers.values():
             w.close()
     cls_rows.sort(key=lambda r: r["label"])
-    fs, path = storage.resolve(storage.join(out, "classes.parquet"))
-    pq.write_table(pa.Table.from_pylist(cls_rows), path, filesystem=fs)
+    storage.write_parquet(pa.Table.from_pylist(cls_rows), storage.join(out, "classes.parquet"))
     w2m = np.array([r["w2_mass"] for r in cls_rows])
     w2u = np.array([r["w2_uniform"] for r in cls_rows])
     summary.update({"classes": len(cls_rows), "centroids": int(sum(r["K"] for r in cls_rows)),
@@ -258,5 +257,5 @@ def run_quantize(qcfg: QuantizeConfig, encode_dir: str, labels: list[int], out: 
 
 def read_centroids(quantize_dir: str) -> pa.Table:
     """``centroids.parquet`` of a quantize folder (location) sorted by (label, k)."""
-    fs, path = storage.resolve(storage.join(quantize_dir, "centroids.parquet"))
-    return pq.read_table(path, filesystem=fs).sort_by([("label", "ascending"), ("k", "ascending")])
+    t = storage.read_parquet(storage.join(quantize_dir, "centroids.parquet"))
+    return t.sort_by([("label", "ascending"), ("k", "ascending")])

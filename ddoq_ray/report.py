@@ -18,7 +18,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
 from . import storage
@@ -70,10 +69,6 @@ def _stage(run_dir: str, stage: str) -> str | None:
         return None
 
 
-def _parquet(loc: str, **kwargs):
-    fs, path = storage.resolve(loc)
-    return pq.read_table(path, filesystem=fs, **kwargs)
-
 
 def _real_images(run_dir: str, per_class: int) -> tuple[dict, dict]:
     """A few real images per class, and the seed-0 random-subset images, from the run's own config and data.
@@ -91,7 +86,7 @@ def _real_images(run_dir: str, per_class: int) -> tuple[dict, dict]:
         cfg = RunConfig.model_validate(yaml.safe_load(storage.read_text(storage.join(run_dir, "config.yaml"))))
         run = Run(cfg)
         index = run.train_index
-        asg = _parquet(storage.join(_stage(run_dir, "quantize"), "assignments.parquet"),
+        asg = storage.read_parquet(storage.join(_stage(run_dir, "quantize"), "assignments.parquet"),
                        columns=["id", "label"]).to_pylist()
     except Exception as e:  # noqa: BLE001 - a report must not fail because the data moved
         log.warning("report: real images unavailable (%s)", e)
@@ -222,7 +217,7 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
 
     decode_dir = _stage(run_dir, "decode")
     if decode_dir is not None:
-        man = _parquet(storage.join(decode_dir, "manifest.parquet")).to_pylist()
+        man = storage.read_parquet(storage.join(decode_dir, "manifest.parquet")).to_pylist()
         real, rand = _real_images(run_dir, real_per_class)
         for c in sorted({r["label"] for r in man})[:MAX_CLASSES]:
             rows = sorted((r for r in man if r["label"] == c), key=lambda r: -r.get("weight_mass", r["mass"]))
@@ -238,7 +233,8 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
                      w2_bars(res["w2_per_class"], classes)))
         quantize_dir = _stage(run_dir, "quantize")
         if quantize_dir is not None:
-            cent = _parquet(storage.join(quantize_dir, "centroids.parquet"), columns=["label", "mass"]).to_pylist()
+            cent = storage.read_parquet(storage.join(quantize_dir, "centroids.parquet"),
+                                        columns=["label", "mass"]).to_pylist()
             figs.append(("cell_mass_histograms", "cell masses per class (how unequal the Voronoi cells are)",
                          mass_histograms(cent, classes)))
     points = []
@@ -261,7 +257,7 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
            if w2 else "")
     matrix_html = matrix_md = ""
     if storage.is_file(storage.join(run_dir, "train", "matrix.parquet")):
-        mrows = _parquet(storage.join(run_dir, "train", "matrix.parquet")).to_pylist()
+        mrows = storage.read_parquet(storage.join(run_dir, "train", "matrix.parquet")).to_pylist()
         if mrows:
             matrix_html, matrix_md = _table(list(mrows[0]), [list(r.values()) for r in mrows])
     met_html = met_md = ""

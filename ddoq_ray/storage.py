@@ -19,7 +19,9 @@ import json
 import os
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 # URI schemes whose path is ``bucket/key`` and whose filesystem can be shared by every key of a bucket.
 BUCKET_SCHEMES = ("s3", "gs", "gcs")
@@ -194,6 +196,22 @@ def read_json(loc: str):
 
 def write_json(loc: str, obj, indent: int | None = 2) -> None:
     write_text(loc, json.dumps(obj, indent=indent, default=str))
+
+
+def read_parquet(loc: str, **kwargs) -> pa.Table:
+    """``pyarrow.parquet.read_table`` of one file (``columns=`` etc. pass through).
+
+    Raises:
+        FileNotFoundError: nothing at ``loc``.
+    """
+    fs, p = resolve(loc)
+    return pq.read_table(p, filesystem=fs, **kwargs)
+
+
+def write_parquet(table: pa.Table, loc: str, **kwargs) -> None:
+    """``pyarrow.parquet.write_table`` into one object / file (parents are created on local disks)."""
+    with open_output(loc) as f:
+        pq.write_table(table, f, **kwargs)
 
 
 def move(src: str, dst: str) -> None:

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import storage as fsio
 from .config import RunConfig, TrainConfig, TuneConfig
@@ -356,8 +355,7 @@ def run_tune(cfg: RunConfig) -> dict:
     name = f"sweep-{fingerprint(cfg)}"
     rows = sweep(train, val, test, spec, tcfg, tc, n_classes, out, name)
     keys = list(tc.search_space)
-    fs, path = fsio.resolve(fsio.join(out, "results.parquet"))
-    pq.write_table(pa.Table.from_pylist(rows), path, filesystem=fs)
+    fsio.write_parquet(pa.Table.from_pylist(rows), fsio.join(out, "results.parquet"))
     best = best_trial(rows)
     res = {"experiment": fsio.join(out, name), "results": fsio.join(out, "results.parquet"), "method": tc.method,
            "validation": val_src, "trials": len(rows),

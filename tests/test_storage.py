@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from ddoq_ray import storage
@@ -82,8 +81,8 @@ def _local_files(root: Path) -> set[Path]:
 
 
 def _centroids(quantize_dir: str):
-    fs, path = storage.resolve(storage.join(quantize_dir, "centroids.parquet"))
-    t = pq.read_table(path, filesystem=fs).sort_by([("label", "ascending"), ("k", "ascending")])
+    t = storage.read_parquet(storage.join(quantize_dir, "centroids.parquet"))
+    t = t.sort_by([("label", "ascending"), ("k", "ascending")])
     return t.column("centroid").combine_chunks().to_numpy_ndarray(), t.select(["label", "k", "count"]).to_pylist()
 
 
@@ -112,8 +111,7 @@ def test_pipeline_with_input_and_run_dir_in_s3_matches_a_local_run(ray_session, 
     c_local, m_local = _centroids(stage_path(local_ref, "quantize"))
     assert m_s3 == m_local and np.array_equal(c_s3, c_local)
     dec = stage_path(run, "decode")
-    man = pq.read_table(storage.resolve(storage.join(dec, "manifest.parquet"))[1],
-                        filesystem=storage.resolve(dec)[0]).to_pylist()
+    man = storage.read_parquet(storage.join(dec, "manifest.parquet")).to_pylist()
     assert len(man) == 12 and all(storage.read_bytes(storage.join(dec, "synthetic", r["path"]))[:4] == b"\x89PNG"
                                   for r in man)
     assert storage.read_json(storage.join(run, "results.json"))["stages"]["encode"]["input"] == 60

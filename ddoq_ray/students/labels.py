@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
@@ -124,9 +123,8 @@ def precompute_soft_labels(images: np.ndarray, teacher: nn.Module, cfg: TrainCon
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float16()), num_classes))
         # No temporary file: meta.json, written last, is what marks the set complete.
         loc = storage.join(out, f"epoch_{epoch:05d}.parquet")
-        fs, path = storage.resolve(loc)
-        pq.write_table(pa.Table.from_arrays(arrays, schema=schema), path, filesystem=fs)
-        total += fs.get_file_info(path).size
+        storage.write_parquet(pa.Table.from_arrays(arrays, schema=schema), loc)
+        total += storage.info(loc).size
     meta = {**key, "steps_per_epoch": plan.steps, "teacher": teacher_name, "bytes": total,
             "bytes_per_image_epoch": total / (len(images) * cfg.epochs)}
     storage.write_json(meta_path, meta)
@@ -164,8 +162,7 @@ class PrecomputedPlan:
         pass
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        fs, path = storage.resolve(storage.join(self.dir, f"epoch_{epoch:05d}.parquet"))
-        t = pq.read_table(path, filesystem=fs)
+        t = storage.read_parquet(storage.join(self.dir, f"epoch_{epoch:05d}.parquet"))
         cols = {name: t[name].to_numpy() for name in t.column_names if name != "logits"}
         logits = t["logits"].combine_chunks().flatten().to_numpy().reshape(-1, self.num_classes)
         steps = cols["step"]
