@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 from benchmarks._common import ROOT, table, write_result
+from ddoq_ray.rundir import committed
 
 STAGES = ["encode", "quantize", "decode", "train"]
 GOAL_S = 20 * 60
@@ -73,7 +73,7 @@ def main(argv=None):
         with open(a.log, "w") as f:
             subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False)
         a.run_dir = str(ROOT / "runs" / "cifar10_taesd_ipc10")
-    run = Path(a.run_dir)
+    run = a.run_dir
     log_text = Path(a.log).read_text(errors="replace") if Path(a.log).exists() else ""
     starts = stage_starts(log_text)
     tv = parse_time_v(log_text)
@@ -81,10 +81,9 @@ def main(argv=None):
     killed = "SIGTERM received" in log_text and "total_wall_s" not in tv
     rows = []
     for s in STAGES:
-        f = run / s / "_SUCCESS.json"
+        info = committed(a.run_dir, s)  # the stage's commit pointer (local path or s3:// / gs:// run dir)
         row = {"stage": s, "started": starts.get(s)}
-        if f.exists():
-            info = json.loads(f.read_text())
+        if info is not None:
             row.update({"status": "done", "wall_s": info.get("wall_s")})
             for k in ("encoded", "centroids", "images", "students"):
                 if k in info:

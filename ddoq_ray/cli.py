@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import storage
 from .config import STAGES, ConfigError, load_config
 from .runtime import GPUUnavailableError
 
@@ -56,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             out = build_report(args.run_dir, args.compare)
             print(f"report: {out['html']} (and {out['md']})")
             return 0
-        src = Path(args.config)
-        if src.is_dir():  # a run directory: re-use its resolved config
-            src = src / "config.yaml"
+        src = args.config
+        if storage.is_dir(src):  # a run directory (local or s3://, gs://): re-use its resolved config
+            src = storage.join(src, "config.yaml")
         overrides = list(args.overrides)
         if getattr(args, "features", None):
             overrides.append(f"metrics.features={args.features}")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print()
     print(results_table(res))
-    print(f"\nresults: {res['run_dir']}/results.json")
+    print(f"\nresults: {storage.join(res['run_dir'], 'results.json')}")
     return 0
 
 
@@ -116,13 +117,12 @@ def _matrix(cfg, archs: list[str]) -> int:
     table = run_matrix(cfg, run.dir, run.train_index, test_index, run.classes, all_classes, run.teacher_path, archs)
     print()
     print(matrix_markdown(table))
-    print(f"\nmatrix: {run.dir}/train/matrix.parquet")
+    print(f"\nmatrix: {storage.join(run.dir, 'train', 'matrix.parquet')}")
     return 0
 
 
 def _where(ref: str, root, kind: str) -> tuple[str | None, str]:
     """Where ``ref`` would be loaded from: ``(resolved or None, description)``; never raises."""
-    from pathlib import Path
 
     from .assets import AssetNotFoundError, is_named_teacher, is_uri, resolve
 

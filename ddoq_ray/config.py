@@ -58,6 +58,10 @@ class EncodeConfig(_Section):
         "auto", description="auto: fp16 on GPU, bf16 autocast on CPUs with AVX-512 BF16/AMX, else fp32."
     )
     seed: int = 0
+    shard_rows: int = Field(
+        20000, gt=0, description="Rows per encode shard: each shard is written and marked done on its own, so a "
+                                 "killed run resumes at the first unfinished shard. Not part of the fingerprint."
+    )
 
 
 class QuantizeConfig(_Section):
@@ -401,16 +405,19 @@ def _format_errors(source: str, err: ValidationError) -> str:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML run config and apply ``--set`` overrides.
+    """Load a YAML run config (a local path, or a URI such as a run directory's ``s3://.../config.yaml``) and
+    apply ``--set`` overrides.
 
     Raises:
         ConfigError: missing file, bad YAML, unknown keys or wrong types (message names file and field).
     """
-    path = Path(path)
-    if not path.is_file():
+    from . import storage
+
+    path = str(path)
+    if not storage.is_file(path):
         raise ConfigError(f"config file not found: {path} (see configs/ for examples)")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.safe_load(storage.read_text(path)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(doc, dict):
@@ -427,9 +434,13 @@ def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+# Fields that change how a stage is executed but never its outputs (so changing them does not redo the stage).
+NOT_FINGERPRINTED = {"encode": {"shard_rows"}}
+
+
 def stage_fingerprint(cfg: RunConfig, stage: str) -> str:
     """sha256 (hex, 16 chars) of the config sections a stage's output depends on, chained with its upstream."""
-    doc = {s: getattr(cfg, s).model_dump(mode="json") for s in STAGE_INPUTS[stage]}
+    doc = {s: getattr(cfg, s).model_dump(mode="json", exclude=NOT_FINGERPRINTED.get(s)) for s in STAGE_INPUTS[stage]}
     up = STAGE_UPSTREAM[stage]
     doc["upstream"] = stage_fingerprint(cfg, up) if up else None
     doc["seed"] = cfg.seed

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
+from . import storage
 from .config import DataConfig
 
 log = logging.getLogger("ddoq_ray")
@@ -123,24 +124,38 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
 def detect_format(source: str, fmt: str = "auto") -> str:
     if fmt != "auto":
         return fmt
+    if storage.is_uri(source):
+        if source.split("?", 1)[0].endswith(".parquet"):
+            return "parquet"
+        if not storage.exists(source):
+            raise DataError(f"{source}: not found")
+        if storage.is_file(source) or any(r.endswith(".parquet") for r, _ in storage.walk_files(source)):
+            return "parquet"
+        return "imagefolder"
     p = Path(source)
     if p.suffix == ".parquet" or (p.is_dir() and any(p.glob("*.parquet"))):
         return "parquet"
     if p.is_dir():
         return "imagefolder"
-    if "://" in source:
-        return "parquet"
     raise DataError(f"{source}: not a Parquet file/folder or an ImageFolder root (set data.format explicitly)")
 
 
 def _parquet_files(source: str) -> list[str]:
+    """The Parquet files of a split (locations: local paths or URIs), sorted."""
+    if storage.is_uri(source):
+        if storage.is_file(source):
+            return [source]
+        files = [storage.join(source, r) for r, _ in storage.walk_files(source) if r.endswith(".parquet")]
+        if not files:
+            raise DataError(f"{source}: no *.parquet files (or the location does not exist)")
+        return files
     p = Path(source)
     if p.is_dir():
         files = sorted(str(f) for f in p.rglob("*.parquet"))
         if not files:
             raise DataError(f"{source}: folder has no *.parquet files")
         return files
-    if not p.exists() and "://" not in source:
+    if not p.exists():
         raise DataError(f"{source}: file not found")
     return [source]
 
@@ -154,21 +169,31 @@ def _class_folders(root: Path) -> list[str]:
     return sorted(_display(d.name) for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def _uri_class_folders(root: str) -> list[str]:
+    return sorted({r.split("/", 1)[0] for r, _ in storage.walk_files(root) if "/" in r and not r.startswith(".")})
+
+
 def load_classes(dcfg: DataConfig, source: str) -> list[str] | None:
-    """Class names (index = label) from config, ``classes.json`` beside the split, or ImageFolder folders."""
+    """Class names (index = label) from config, ``classes.json`` beside the split, or ImageFolder folders.
+
+    ``source`` and a ``data.classes`` file may be local paths or URIs.
+    """
     if isinstance(dcfg.classes, list):
         return list(dcfg.classes)
-    path = Path(dcfg.classes) if isinstance(dcfg.classes, str) else None
+    path = dcfg.classes if isinstance(dcfg.classes, str) else None
     if path is None:
-        src = Path(source)
-        guess = (src if src.is_dir() else src.parent) / "classes.json"
         if detect_format(source, dcfg.format) == "imagefolder":
-            return _class_folders(src)
-        path = guess if guess.is_file() else None
+            return _uri_class_folders(source) if storage.is_uri(source) else _class_folders(Path(source))
+        if storage.is_uri(source):
+            guess = storage.join(source if storage.is_dir(source) else storage.parent(source), "classes.json")
+        else:
+            src = Path(source)
+            guess = str((src if src.is_dir() else src.parent) / "classes.json")
+        path = guess if storage.is_file(guess) else None
     if path is None:
         return None
     try:
-        names = json.loads(path.read_text())
+        names = storage.read_json(path)
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: cannot read class names ({e}); expected a JSON list of strings") from e
     if isinstance(names, dict):  # {"0": "airplane", ...} or {"airplane": 0, ...}
@@ -196,7 +221,8 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None) 
     if fmt == "parquet":
         parts = []
         for f in _parquet_files(source):
-            schema = pq.read_schema(f)
+            fs, fpath = storage.resolve(f, field="data")
+            schema = pq.read_schema(fpath, filesystem=fs)
             for col in (dcfg.image_column, dcfg.label_column):
                 if col not in schema.names:
                     raise DataError(f"{f}: no column {col!r} (columns: {schema.names}); "
@@ -205,17 +231,19 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None) 
                                         "filename" if "filename" in schema.names else None)
             if dcfg.id_column and dcfg.id_column not in schema.names:
                 raise DataError(f"{f}: no id column {dcfg.id_column!r} (columns: {schema.names})")
-            t = pq.read_table(f, columns=[dcfg.label_column] + ([id_col] if id_col else []))
+            t = pq.read_table(fpath, filesystem=fs, columns=[dcfg.label_column] + ([id_col] if id_col else []))
             n = t.num_rows
             labels = t.column(dcfg.label_column)
             if labels.null_count:
                 raise DataError(f"{f}: {labels.null_count} rows have a null {dcfg.label_column!r}")
             ids = (pc.cast(t.column(id_col), pa.string()) if id_col
-                   else pa.array([f"{Path(f).name}:{i}" for i in range(n)]))
+                   else pa.array([f"{storage.basename(f)}:{i}" for i in range(n)]))
             parts.append(pa.table({"id": ids, "orig_label": pc.cast(labels, pa.int64()),
                                    "file": pa.array([os.fsencode(f)] * n, pa.binary()),
                                    "row": pa.array(np.arange(n, dtype=np.int64))}))
         index = pa.concat_tables(parts)
+    elif storage.is_uri(source):
+        index, classes = _list_uri_imagefolder(source, classes)
     else:
         root = Path(source)
         dirs = {_display(d.name): d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
@@ -277,8 +305,39 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None) 
     return index, [classes[c] for c in keep_labels]
 
 
+def _list_uri_imagefolder(source: str, classes: list[str] | None) -> tuple[pa.Table, list[str]]:
+    """ImageFolder index of a URI root (object stores: listing one prefix), in the same order as a local tree."""
+    files = [r for r, _ in storage.walk_files(source) if not any(p.startswith(".") for p in r.split("/"))]
+    names = sorted({r.split("/", 1)[0] for r in files if "/" in r})
+    if classes is not None and classes != names and set(names) - set(classes):
+        raise DataError(f"{source}: class folders {sorted(set(names) - set(classes))} are not in classes")
+    classes = classes or names
+    ids, labels, locs, ignored = [], [], [], []
+    for rel in sorted(files, key=lambda r: r.split("/")):  # the order of sorted(Path.rglob(...)) per class
+        if "/" not in rel or os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS:
+            ignored.append(rel)
+            continue
+        ids.append(rel)
+        labels.append(classes.index(rel.split("/", 1)[0]))
+        locs.append(storage.join(source, rel).encode())
+    if ignored:
+        log.warning("%s: ignored %d files that are not images (%s)", source, len(ignored), ", ".join(ignored[:5]))
+    index = pa.table({"id": pa.array(ids, pa.string()), "orig_label": pa.array(labels, pa.int64()),
+                      "file": pa.array(locs, pa.binary()), "row": pa.array([-1] * len(ids), pa.int64())})
+    return index.replace_schema_metadata({"ignored_files": json.dumps(ignored)}), classes
+
+
+def _read_file(loc: str) -> bytes | None:
+    try:
+        return storage.read_bytes(loc) if storage.is_uri(loc) else Path(loc).read_bytes()
+    except OSError:  # vanished or unreadable: the row is skipped with a reason, not dropped
+        return None
+
+
 def _read_bytes(index: pa.Table, image_column: str) -> list[bytes | None]:
-    """Encoded bytes for each index row (Parquet rows grouped per file; ImageFolder files read directly)."""
+    """Encoded bytes for each index row (Parquet rows grouped per file; ImageFolder files read directly). Files
+    are local paths (non-UTF-8 names allowed) or URIs read through pyarrow's filesystems, on whichever node runs
+    this."""
     out: list[bytes | None] = [None] * index.num_rows
     files = [os.fsdecode(f) for f in index.column("file").to_pylist()]
     rows = index.column("row").to_numpy()
@@ -288,12 +347,11 @@ def _read_bytes(index: pa.Table, image_column: str) -> list[bytes | None]:
     for f, idx in by_file.items():
         if rows[idx[0]] < 0:
             for i in idx:
-                try:
-                    out[i] = Path(files[i]).read_bytes()
-                except OSError:  # vanished or unreadable: the row is skipped with a reason, not dropped
-                    out[i] = None
+                out[i] = _read_file(files[i])
         else:
-            col = pq.read_table(f, columns=[image_column]).column(image_column).take(pa.array(rows[idx]))
+            fs, path = storage.resolve(f)
+            col = pq.read_table(path, filesystem=fs, columns=[image_column]).column(image_column)
+            col = col.take(pa.array(rows[idx]))
             for i, v in zip(idx, col.to_pylist(), strict=True):
                 out[i] = v["bytes"] if isinstance(v, dict) else v
     return out

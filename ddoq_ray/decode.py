@@ -8,7 +8,7 @@ For the diffusion modes the centroids must live in the decode model's latent spa
 ``decode.model`` (the encoder loads its ``vae/``) or one of ``decode.compatible_vaes``, else
 :class:`~ddoq_ray.encode.LatentMismatchError`.
 
-Artifact ``<run>/decode/``:
+Artifact ``<run>/decode/<attempt>/`` (:func:`ddoq_ray.rundir.stage_path`; any filesystem, written by the driver):
 - ``synthetic/<class name>/<label>_<k>.png`` (``<label>_<k>_<copy>.png`` when ``images_per_centroid`` > 1):
   ImageFolder layout, usable by any trainer.
 - ``manifest.parquet``: ``path`` (relative to ``synthetic/``), ``label`` int64, ``class_name``, ``k`` int32,
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
+from . import storage
 from .config import DecodeConfig, RunConfig
 from .diffusion import DiffusionSettings, image_seed, kept_steps, load_decoder
 from .encode import LatentMismatchError
@@ -111,7 +111,7 @@ def class_id_map(class_ids: list[int] | str | None, classes: list[str]) -> list[
     ids = class_ids
     if isinstance(class_ids, str):
         try:
-            ids = json.loads(Path(class_ids).read_text())
+            ids = storage.read_json(class_ids)  # a local path or a URI
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"decode.class_ids {class_ids!r}: cannot read a JSON list/dict ({e})") from e
         if isinstance(ids, dict):
@@ -176,8 +176,8 @@ def expand_copies(centroids: pa.Table, copies: int, seed: int) -> pa.Table:
     return t.append_column("copy", pa.array(copy)).append_column("seed", pa.array(seeds, pa.int64()))
 
 
-def make_grid(manifest: pa.Table, root: Path, max_classes: int = 20, cell: int = 64) -> Image.Image:
-    """Rows = classes, columns = images ordered by mass (heaviest left)."""
+def make_grid(manifest: pa.Table, root: str, max_classes: int = 20, cell: int = 64) -> Image.Image:
+    """Rows = classes, columns = images ordered by mass (heaviest left); ``root`` is the ``synthetic/`` location."""
     rows = manifest.to_pylist()
     labels = sorted({r["label"] for r in rows})[:max_classes]
     k_max = max(sum(r["label"] == c for r in rows) for c in labels)
@@ -185,12 +185,12 @@ def make_grid(manifest: pa.Table, root: Path, max_classes: int = 20, cell: int =
     for i, c in enumerate(labels):
         cls = sorted((r for r in rows if r["label"] == c), key=lambda r: -r["mass"])
         for j, r in enumerate(cls):
-            with Image.open(root / r["path"]) as im:
+            with Image.open(io.BytesIO(storage.read_bytes(storage.join(root, r["path"])))) as im:
                 grid.paste(im.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (j * cell, i * cell))
     return grid
 
 
-def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path: str, out: Path,
+def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path: str, out: str,
                summary: dict) -> None:
     """Decode every centroid (``images_per_centroid`` times) through an actor pool; the driver writes PNGs and the
     manifest.
@@ -228,7 +228,7 @@ def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path
         compute=ray.data.ActorPoolStrategy(size=dcfg.num_actors), batch_size=dcfg.batch_size, batch_format="numpy",
         num_cpus=dcfg.num_cpus_per_actor, num_gpus=dcfg.num_gpus_per_actor if device == "cuda" else None,
     )
-    root = out / "synthetic"
+    root = storage.join(out, "synthetic")
     meta = {(int(r["label"]), int(r["k"])): r for r in centroids.select(["label", "k", "count", "mass"]).to_pylist()}
     seeds = {(r["label"], r["k"], r["copy"]): r["seed"]
              for r in table.select(["label", "k", "copy", "seed"]).to_pylist()}
@@ -243,8 +243,7 @@ def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path
             for label, k, c, png in zip(batch["label"], batch["k"], batch["copy"], batch["png"], strict=True):
                 label, k, c = int(label), int(k), int(c)
                 rel = f"{safe_name(classes[label])}/{label}_{k}" + (f"_{c}.png" if n_copy > 1 else ".png")
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                (root / rel).write_bytes(png)
+                storage.write_bytes(storage.join(root, rel), png)
                 m = meta[(label, k)]
                 rows.append({"path": rel, "label": label, "class_name": classes[label], "k": k, "copy": c,
                              "count": int(m["count"]), "mass": float(m["mass"]),
@@ -256,19 +255,22 @@ def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path
     manifest = manifest.set_column(manifest.schema.get_field_index("k"), "k", manifest.column("k").cast(pa.int32()))
     manifest = manifest.set_column(manifest.schema.get_field_index("copy"), "copy",
                                    manifest.column("copy").cast(pa.int32()))
-    pq.write_table(manifest, out / "manifest.parquet")
-    make_grid(manifest, root).save(out / "grid.png")
+    storage.write_parquet(manifest, storage.join(out, "manifest.parquet"))
+    buf = io.BytesIO()
+    make_grid(manifest, root).save(buf, format="PNG")
+    storage.write_bytes(storage.join(out, "grid.png"), buf.getvalue())
     summary.update({"images": len(rows), "mode": dcfg.mode, "model": model_ref(cfg), "images_per_centroid": n_copy})
 
 
-def load_synthetic(decode_dir: Path, size: int) -> dict[str, np.ndarray]:
+def load_synthetic(decode_dir: str, size: int) -> dict[str, np.ndarray]:
     """The decoded set in memory for training: ``images`` uint8 [n,size,size,3], ``labels`` int64, ``mass`` float64
-    (each image's weight: its centroid's mass / images_per_centroid), ``k`` int64."""
+    (each image's weight: its centroid's mass / images_per_centroid), ``k`` int64. ``decode_dir`` is the decode
+    stage's folder (:func:`ddoq_ray.rundir.stage_path`), a local path or URI."""
     from .data import decode_image
 
-    manifest = pq.read_table(Path(decode_dir) / "manifest.parquet").to_pylist()
-    root = Path(decode_dir) / "synthetic"
-    images = np.stack([decode_image((root / r["path"]).read_bytes(), size) for r in manifest])
+    manifest = storage.read_parquet(storage.join(decode_dir, "manifest.parquet")).to_pylist()
+    root = storage.join(decode_dir, "synthetic")
+    images = np.stack([decode_image(storage.read_bytes(storage.join(root, r["path"])), size) for r in manifest])
     return {"images": images, "labels": np.array([r["label"] for r in manifest], dtype=np.int64),
             "mass": np.array([r.get("weight_mass", r["mass"]) for r in manifest], dtype=np.float64),
             "k": np.array([r["k"] for r in manifest], dtype=np.int64)}

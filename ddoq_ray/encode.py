@@ -1,27 +1,32 @@
 """Stage 1, encode: images -> SD-scaled VAE latents, as a Ray Data actor pool writing Parquet.
 
-Artifact ``<run>/encode/`` (readable with plain pyarrow, no Ray needed):
-- ``latents/status=ok/label=<c>/*.parquet``: columns ``id`` (string), ``error`` (string, empty),
+Artifact ``<run>/encode/<attempt>/`` (:func:`ddoq_ray.rundir.stage_path`; readable with plain pyarrow, no Ray needed):
+- ``latents/shard=<s>/status=ok/label=<c>/*.parquet``: columns ``id`` (string), ``error`` (string, empty),
   ``latent`` (``arrow.fixed_shape_tensor<float32>[C,h,w]``). Hive partition keys give ``status`` and ``label``.
-- ``latents/status=skipped/label=<c>/*.parquet``: the same columns for rows that could not be used (undecodable
-  image, non-finite latent); ``error`` says why and ``latent`` is zeros.
+- ``latents/shard=<s>/status=skipped/label=<c>/*.parquet``: the same columns for rows that could not be used
+  (undecodable image, non-finite latent); ``error`` says why and ``latent`` is zeros.
 - ``meta.json``: VAE ref and kind, scaling/shift factor, image size, latent shape and mode.
 - ``skipped.parquet``: ``id``, ``label``, ``error`` of every skipped row (also listed in ``results.json``).
-- ``_SUCCESS.json``: counts (``input = encoded + skipped``, per class), fingerprint, wall time.
+- ``shards.json`` (the shard plan: row ranges of the input index and a hash of their ids) and ``done/<s>.json``
+  (one marker per finished shard; a resumed attempt re-encodes only the shards without one).
+- ``<run>/encode/_SUCCESS.json`` (the commit, beside the attempt folder): counts (``input = encoded + skipped``,
+  per class), ``shards``/``resumed_shards``/``encoded_shards``, fingerprint, wall time, live attempt.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
+import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
+from . import storage
 from .config import RunConfig
 from .data import decode_batch, read_split
 
@@ -112,21 +117,51 @@ class VAEEncoder:
         })
 
 
-def run_encode(cfg: RunConfig, index: pa.Table, vae_path: str, out: Path, summary: dict) -> None:
-    """Encode every row of ``index`` into ``out`` (see module docstring). Fills ``summary`` with counts."""
+def plan_shards(index: pa.Table, shard_rows: int) -> list[dict]:
+    """Deterministic shards of the index: contiguous row ranges of ``shard_rows`` rows (the index itself is in a
+    fixed order: files sorted, rows in file order).
+
+    Returns:
+        ``[{"id": "00000", "start": int, "stop": int, "sha1": hex of the shard's ids}]``; a resumed attempt is only
+        reused shard by shard when this plan is identical (same rows in the same shards).
+    """
+    ids = index.column("id").to_pylist()
+    out = []
+    for i, start in enumerate(range(0, len(ids), shard_rows)):
+        chunk = ids[start:start + shard_rows]
+        out.append({"id": f"{i:05d}", "start": start, "stop": start + len(chunk),
+                    "sha1": hashlib.sha1("\n".join(chunk).encode("utf-8", "surrogatepass")).hexdigest()})
+    return out
+
+
+def write_shard_marker(out: str, shard: dict, counts: dict) -> None:
+    """The shard's done marker ``done/<id>.json``, written after all its Parquet files (the shard's commit)."""
+    storage.write_json(storage.join(out, "done", f"{shard['id']}.json"), {**shard, **counts, "at": time.time()})
+
+
+def shard_counts(dest: str, rows: int) -> dict:
+    """``{"rows", "encoded", "skipped"}`` of one written shard folder.
+
+    Raises:
+        RuntimeError: the shard holds another number of rows than it was given (not marked done, so redone).
+    """
+    fs, path = storage.resolve(dest)
+    part = pads.partitioning(pa.schema([("status", pa.string()), ("label", pa.int64())]), flavor="hive")
+    status = pads.dataset(path, format="parquet", partitioning=part, filesystem=fs).to_table(columns=["status"])
+    ok = int(pc.sum(pc.equal(status.column("status"), "ok")).as_py() or 0)
+    if status.num_rows != rows:
+        raise RuntimeError(f"encode: shard {dest} has {status.num_rows} rows, expected {rows}")
+    return {"rows": rows, "encoded": ok, "skipped": rows - ok}
+
+
+def encode_shard(cfg: RunConfig, index: pa.Table, vae_path: str, shape, device: str, dest: str) -> None:
+    """Encode the rows of ``index`` through a Ray Data actor pool into ``dest`` (hive ``status=/label=``)."""
     import ray
 
-    from .runtime import actor_device, configure_data
-
-    ecfg, size = cfg.encode, cfg.data.image_size
-    shape = latent_shape(vae_path, ecfg.vae_kind, size)
-    device = actor_device(cfg.ray, ecfg.num_gpus_per_actor, "encode")
-    configure_data(cfg.ray)  # before the Dataset is built
+    ecfg = cfg.encode
     threads = None if device == "cuda" else (ecfg.num_threads or max(1, round(ecfg.num_cpus_per_actor)))
-    log.info("encode: %d images -> latents %s with %s on %s (%d-%d actors)", index.num_rows, shape, vae_path,
-             device, ecfg.min_actors, ecfg.max_actors)
     ds = read_split(index, cfg.data.image_column)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"size": size}, batch_size=256, batch_format="numpy",
+    ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.data.image_size}, batch_size=256, batch_format="numpy",
                         num_cpus=0.5)
     ds = ds.map_batches(
         VAEEncoder,
@@ -137,14 +172,47 @@ def run_encode(cfg: RunConfig, index: pa.Table, vae_path: str, out: Path, summar
         batch_size=ecfg.batch_size, batch_format="numpy",
         num_cpus=ecfg.num_cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor if device == "cuda" else None,
     )
-    ds.write_parquet(str(out / "latents"), partition_cols=["status", "label"])
+    fs, path = storage.resolve(dest)
+    ds.write_parquet(path, filesystem=fs, partition_cols=["status", "label"])
+
+
+def run_encode(cfg: RunConfig, index: pa.Table, vae_path: str, out: str, summary: dict) -> None:
+    """Encode every row of ``index`` into the attempt folder ``out`` (see module docstring), shard by shard.
+
+    Shards that already have a done marker in ``out`` (an attempt resumed after a crash) are kept; the others are
+    (re-)encoded. Fills ``summary`` with counts, ``shards``, ``resumed_shards`` and ``encoded_shards``.
+    """
+    from .runtime import actor_device, configure_data
+
+    ecfg, size = cfg.encode, cfg.data.image_size
+    shape = latent_shape(vae_path, ecfg.vae_kind, size)
+    device = actor_device(cfg.ray, ecfg.num_gpus_per_actor, "encode")
+    configure_data(cfg.ray)  # before the Datasets are built
+    plan = plan_shards(index, ecfg.shard_rows)
+    plan_loc = storage.join(out, "shards.json")
+    if storage.is_file(plan_loc) and storage.read_json(plan_loc) != plan:  # other rows or shard size: start over
+        log.info("encode: the shard plan changed since the interrupted attempt; re-encoding every shard")
+        for sub in ("latents", "done"):
+            storage.delete_dir(storage.join(out, sub))
+    storage.write_json(plan_loc, plan)
+    done = set(storage.listdir(storage.join(out, "done")))
+    todo = [s for s in plan if f"{s['id']}.json" not in done]
+    log.info("encode: %d images in %d shards (%d done before) -> latents %s with %s on %s (%d-%d actors)",
+             index.num_rows, len(plan), len(plan) - len(todo), shape, vae_path, device, ecfg.min_actors,
+             ecfg.max_actors)
+    for s in todo:
+        dest = storage.join(out, "latents", f"shard={s['id']}")
+        storage.delete_dir(dest)  # partial files of a killed attempt
+        encode_shard(cfg, index.slice(s["start"], s["stop"] - s["start"]), vae_path, shape, device, dest)
+        write_shard_marker(out, s, shard_counts(dest, s["stop"] - s["start"]))
     meta = {"vae": cfg.encode.vae, "vae_path": vae_path, "vae_kind": vae_kind(vae_path, ecfg.vae_kind),
             "image_size": size, "latent_shape": list(shape), "latent": ecfg.latent}
-    (out / META).write_text(json.dumps(meta, indent=2))
+    storage.write_json(storage.join(out, META), meta)
     summary.update(account(out, index))
+    summary.update({"shards": len(plan), "resumed_shards": len(plan) - len(todo), "encoded_shards": len(todo)})
 
 
-def account(out: Path, index: pa.Table) -> dict:
+def account(out: str, index: pa.Table) -> dict:
     """Check ``input = encoded + skipped`` and unique ids; write ``skipped.parquet``; return the counts.
 
     Raises:
@@ -153,14 +221,14 @@ def account(out: Path, index: pa.Table) -> dict:
     t = scan(out, columns=["id", "label", "status", "error"])
     ids = t.column("id").to_numpy(zero_copy_only=False)
     if len(np.unique(ids)) != len(ids):
-        raise RuntimeError(f"encode: {len(ids) - len(np.unique(ids))} duplicate ids in {out / 'latents'}")
+        raise RuntimeError(f"encode: {len(ids) - len(np.unique(ids))} duplicate ids in {out}/latents")
     missing = set(index.column("id").to_pylist()) - set(ids.tolist())
     if missing or len(ids) != index.num_rows:
         raise RuntimeError(f"encode: input {index.num_rows} rows, wrote {len(ids)}; missing e.g. "
                            f"{sorted(missing)[:3]}")
     status = t.column("status").to_numpy(zero_copy_only=False)
     skipped = t.filter(pa.array(status == "skipped")).select(["id", "label", "error"])
-    pq.write_table(skipped, out / "skipped.parquet")
+    storage.write_parquet(skipped, storage.join(out, "skipped.parquet"))
     labels = t.column("label").to_numpy()
     per_class = {int(c): int(((labels == c) & (status == "ok")).sum()) for c in np.unique(labels)}
     return {"input": index.num_rows, "encoded": int((status == "ok").sum()), "skipped": int(len(skipped)),
@@ -169,11 +237,14 @@ def account(out: Path, index: pa.Table) -> dict:
                              for r in skipped.to_pylist()[:1000]]}
 
 
-def scan(out: Path, columns: list[str] | None = None, status: str | None = None,
+def scan(out: str, columns: list[str] | None = None, status: str | None = None,
          label: int | None = None) -> pa.Table:
-    """Read the latents table with plain pyarrow (hive partitions ``status``/``label`` become columns)."""
-    part = pads.partitioning(pa.schema([("status", pa.string()), ("label", pa.int64())]), flavor="hive")
-    ds = pads.dataset(str(Path(out) / "latents"), format="parquet", partitioning=part)
+    """Read the latents table of an encode folder with plain pyarrow (any filesystem; hive partitions ``shard``,
+    ``status`` and ``label`` become columns)."""
+    part = pads.partitioning(pa.schema([("shard", pa.string()), ("status", pa.string()), ("label", pa.int64())]),
+                             flavor="hive")
+    fs, path = storage.resolve(storage.join(out, "latents"))
+    ds = pads.dataset(path, format="parquet", partitioning=part, filesystem=fs)
     flt = None
     if status is not None:
         flt = pads.field("status") == status
@@ -183,8 +254,8 @@ def scan(out: Path, columns: list[str] | None = None, status: str | None = None,
     return ds.to_table(columns=columns, filter=flt)
 
 
-def read_class_latents(out: Path, label: int) -> tuple[list[str], np.ndarray]:
-    """All usable latents of one class, sorted by id (deterministic regardless of write order).
+def read_class_latents(out: str, label: int) -> tuple[list[str], np.ndarray]:
+    """All usable latents of one class, sorted by id (deterministic regardless of write order or sharding).
 
     Returns:
         ``(ids, latents float32 [n, C, h, w])``.
@@ -197,8 +268,8 @@ def read_class_latents(out: Path, label: int) -> tuple[list[str], np.ndarray]:
     return t.column("id").to_pylist(), col.to_numpy_ndarray().astype(np.float32, copy=False)
 
 
-def read_meta(out: Path) -> dict:
-    return json.loads((Path(out) / META).read_text())
+def read_meta(out: str) -> dict:
+    return storage.read_json(storage.join(out, META))
 
 
 def check_meta(meta: dict, vae: str, shape: tuple[int, ...]) -> None:

@@ -6,27 +6,28 @@ Methods, all under the identical protocol (same teacher, augmentation, epochs, s
 - ``ddoq``: the same images weighted by their cell masses (``train.weight_scheme``), normalised by
   ``train.weight_norm`` (default: mean 1 within each class, so the loss scale matches the uniform baseline).
 
-Artifact ``<run>/train/``: ``students.parquet`` (``method``, ``seed``, ``top1``, ``train_loss``, ``epochs``,
-``n_train``, ``wall_s``, ``student``, ``lr``, ``label_mode``, ``label_bytes_per_image_epoch``), ``teacher.json``
-(teacher source and its top-1, the full-data reference), ``labels/<method>-seed<s>/`` (``precomputed`` mode, see
-:mod:`ddoq_ray.students.labels`) and ``ray/`` (Ray Train run folders with checkpoints).
-``ddoq-ray evaluate --archs a,b`` adds ``matrix_runs.parquet`` (one row per arch, method, seed) and
+Artifact ``<run>/train/<attempt>/`` (:func:`ddoq_ray.rundir.stage_path`): ``students.parquet`` (``method``,
+``seed``, ``top1``, ``train_loss``, ``epochs``, ``n_train``, ``wall_s``, ``student``, ``lr``, ``label_mode``,
+``label_bytes_per_image_epoch``), ``teacher.json`` (teacher source and its top-1, the full-data reference),
+``labels/<method>-seed<s>/`` (``precomputed`` mode, see :mod:`ddoq_ray.students.labels`) and ``ray/`` (Ray Train
+run folders with checkpoints, written through ``RunConfig(storage_filesystem=...)``).
+``ddoq-ray evaluate --archs a,b`` adds ``<run>/train/matrix_runs.parquet`` (one row per arch, method, seed) and
 ``matrix.parquet`` (``method``, ``arch``, ``lr``, ``top1_mean``, ``top1_std``, ``n``).
 """
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from . import storage
 from .config import RunConfig, TrainConfig
+from .rundir import stage_path
 from .students.weights import sample_weights
 
 log = logging.getLogger("ddoq_ray")
@@ -48,7 +49,7 @@ class EvalInputs:
     """Everything the students of one run share: the test split, the teacher, the distilled set."""
 
     cfg: RunConfig
-    run_dir: Path
+    run_dir: str
     train_index: pa.Table
     test: dict
     n_classes: int
@@ -59,7 +60,7 @@ class EvalInputs:
     ids_by_class: dict[int, list[str]] = field(default_factory=dict)
 
 
-def make_teacher(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test: dict, n_classes: int,
+def make_teacher(cfg: RunConfig, run_dir: str, train_index: pa.Table, test: dict, n_classes: int,
                  all_classes: list[str], teacher_path: str | None,
                  classes: list[str] | None = None) -> tuple[object, dict, dict]:
     """The run's teacher: a checkpoint, a library model (``timm:<name>`` / ``torchvision:<name>``), or one
@@ -95,10 +96,10 @@ def make_teacher(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test: dic
         from .students.teachers import _freeze
 
         arch = tcfg.teacher_arch
-        cache = run_dir / "teacher" / f"{arch}-e{tcfg.teacher_epochs}-s{cfg.seed}.pt"
-        if cache.is_file():
+        cache = storage.join(run_dir, "teacher", f"{arch}-e{tcfg.teacher_epochs}-s{cfg.seed}.pt")
+        if storage.is_file(cache):
             log.info("train: reusing the teacher trained earlier (%s)", cache)
-            state = torch.load(cache, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(storage.read_bytes(cache)), map_location="cpu", weights_only=True)
             teacher = build_model(arch, n_classes, size)
             teacher.load_state_dict(state)
             teacher = _freeze(teacher)
@@ -107,9 +108,9 @@ def make_teacher(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test: dic
             real = load_arrays(train_index, cfg.data.image_column, size)
             teacher, _ = train_teacher(real["images"], real["labels"], n_classes, arch, tcfg.teacher_epochs, size,
                                        cfg.seed)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({k: v.cpu() for k, v in teacher.state_dict().items()}, cache.with_suffix(".tmp"))
-            cache.with_suffix(".tmp").replace(cache)
+            buf = io.BytesIO()
+            torch.save({k: v.cpu() for k, v in teacher.state_dict().items()}, buf)
+            storage.write_bytes(cache, buf.getvalue())  # one object write: never a half-written cache
         spec = {"state_dict": {k: v.cpu() for k, v in teacher.state_dict().items()}, "arch": arch,
                 "num_classes": n_classes}
         source = f"trained by ddoq-ray on the real train split, {tcfg.teacher_epochs} epochs ({cache})"
@@ -117,7 +118,7 @@ def make_teacher(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test: dic
     return teacher, spec, {"source": source, "arch": arch, "top1": top1}
 
 
-def load_inputs(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test_index: pa.Table, classes: list[str],
+def load_inputs(cfg: RunConfig, run_dir: str, train_index: pa.Table, test_index: pa.Table, classes: list[str],
                 all_classes: list[str], teacher_path: str | None) -> EvalInputs:
     """Load the test split, the teacher, the decoded set and the encoded ids (for ``random``)."""
     from .data import load_arrays
@@ -130,8 +131,8 @@ def load_inputs(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test_index
     teacher, spec, info = make_teacher(cfg, run_dir, train_index, test, len(classes), all_classes, teacher_path,
                                        classes)
     log.info("train: teacher top-1 on test = %.4f", info["top1"])
-    syn = load_synthetic(run_dir / "decode", size)
-    ok = scan(run_dir / "encode", columns=["id", "label"], status="ok")
+    syn = load_synthetic(stage_path(run_dir, "decode"), size)
+    ok = scan(stage_path(run_dir, "encode"), columns=["id", "label"], status="ok")
     ids_by_class: dict[int, list[str]] = {}
     for i, c in zip(ok.column("id").to_pylist(), ok.column("label").to_pylist(), strict=True):
         ids_by_class.setdefault(c, []).append(i)
@@ -155,7 +156,7 @@ def method_set(inp: EvalInputs, method: str, seed: int, tcfg: TrainConfig) -> di
                                       tcfg.weight_norm)}
 
 
-def train_one(inp: EvalInputs, tcfg: TrainConfig, method: str, seed: int, out: Path, tag: str = "") -> dict:
+def train_one(inp: EvalInputs, tcfg: TrainConfig, method: str, seed: int, out: str, tag: str = "") -> dict:
     """Train and test one student (Ray Train); precomputes its soft labels first in ``precomputed`` mode."""
     from .students import precompute_soft_labels, train_student_ray
 
@@ -164,10 +165,10 @@ def train_one(inp: EvalInputs, tcfg: TrainConfig, method: str, seed: int, out: P
     spec = inp.spec
     label_bytes = None
     if tcfg.label_mode == "precomputed":
-        d = out / "labels" / name
+        d = storage.join(out, "labels", name)
         meta = precompute_soft_labels(train["images"], inp.teacher, tcfg, seed, inp.n_classes, d,
                                       teacher_name=inp.teacher_info["source"])
-        train["soft_labels"] = str(d.resolve())
+        train["soft_labels"] = d
         label_bytes = meta["bytes_per_image_epoch"]
         log.info("train: %s soft labels: %.1f bytes per image per epoch (%d bytes)", name, label_bytes,
                  meta["bytes"])
@@ -175,7 +176,7 @@ def train_one(inp: EvalInputs, tcfg: TrainConfig, method: str, seed: int, out: P
     elif tcfg.label_mode == "hard":
         spec = None
     t0 = time.time()
-    m = train_student_ray(train, inp.test, spec, tcfg, seed, inp.n_classes, str((out / "ray").resolve()), name)
+    m = train_student_ray(train, inp.test, spec, tcfg, seed, inp.n_classes, storage.join(out, "ray"), name)
     row = {"method": method, "seed": seed, "top1": float(m["top1"]),
            "train_loss": float(m.get("train_loss", float("nan"))), "epochs": int(m.get("epochs", 0)),
            "n_train": len(train["labels"]), "wall_s": round(time.time() - t0, 1), "student": tcfg.student,
@@ -206,7 +207,7 @@ def student_concurrency(tcfg: TrainConfig, n_students: int) -> int:
     return max(1, min(n, n_students))
 
 
-def train_many(inp: EvalInputs, jobs: list[tuple[TrainConfig, str, int]], out: Path, tag=lambda t: "") -> list[dict]:
+def train_many(inp: EvalInputs, jobs: list[tuple[TrainConfig, str, int]], out: str, tag=lambda t: "") -> list[dict]:
     """Train the ``(train config, method, seed)`` students, up to :func:`student_concurrency` at once (threads,
     each driving its own TorchTrainer; Ray schedules their workers). Rows come back in ``jobs`` order."""
     from concurrent.futures import ThreadPoolExecutor
@@ -219,20 +220,20 @@ def train_many(inp: EvalInputs, jobs: list[tuple[TrainConfig, str, int]], out: P
         return list(ex.map(lambda j: train_one(inp, j[0], j[1], j[2], out, tag(j[0])), jobs))
 
 
-def run_train(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test_index: pa.Table, classes: list[str],
-              all_classes: list[str], teacher_path: str | None, out: Path, summary: dict) -> None:
+def run_train(cfg: RunConfig, run_dir: str, train_index: pa.Table, test_index: pa.Table, classes: list[str],
+              all_classes: list[str], teacher_path: str | None, out: str, summary: dict) -> None:
     """Train every (method, seed) student with Ray Train and record top-1 on the test split."""
     inp = load_inputs(cfg, run_dir, train_index, test_index, classes, all_classes, teacher_path)
-    (out / "teacher.json").write_text(json.dumps(inp.teacher_info, indent=2))
+    storage.write_json(storage.join(out, "teacher.json"), inp.teacher_info)
     rows = train_many(inp, [(cfg.train, m, s) for m in cfg.train.methods for s in cfg.train.seeds], out)
-    pq.write_table(pa.Table.from_pylist(rows), out / "students.parquet")
+    storage.write_parquet(pa.Table.from_pylist(rows), storage.join(out, "students.parquet"))
     summary.update({"teacher_top1": inp.teacher_info["top1"], "students": len(rows),
                     "label_mode": cfg.train.label_mode})
     if rows and rows[0]["label_bytes_per_image_epoch"] is not None:
         summary["label_bytes_per_image_epoch"] = float(np.mean([r["label_bytes_per_image_epoch"] for r in rows]))
 
 
-def run_matrix(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test_index: pa.Table, classes: list[str],
+def run_matrix(cfg: RunConfig, run_dir: str, train_index: pa.Table, test_index: pa.Table, classes: list[str],
                all_classes: list[str], teacher_path: str | None, archs: list[str]) -> pa.Table:
     """Cross-architecture evaluation: every method x seed x student architecture (lr: ``train.lr`` if set, else
     the per-architecture default). Finished (arch, method, seed, epochs) rows in ``matrix_runs.parquet`` are
@@ -241,18 +242,20 @@ def run_matrix(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test_index:
     Returns:
         ``matrix.parquet``'s table: method, arch, lr, epochs, top1_mean, top1_std (ddof 1), n.
     """
-    out = run_dir / "train"
-    out.mkdir(parents=True, exist_ok=True)
-    runs_path = out / "matrix_runs.parquet"
-    rows = pq.read_table(runs_path).to_pylist() if runs_path.is_file() else []
+    # Written beside the committed train stage (not in an attempt): the matrix is its own resumable table.
+    out = storage.join(run_dir, "train")
+    storage.makedirs(out)
+    runs_path = storage.join(out, "matrix_runs.parquet")
+    rows = storage.read_parquet(runs_path).to_pylist() if storage.is_file(runs_path) else []
     inp = load_inputs(cfg, run_dir, train_index, test_index, classes, all_classes, teacher_path)
     for arch in archs:
         tcfg = cfg.train.model_copy(update={"student": arch})
         todo = [(tcfg, m, s) for m in tcfg.methods for s in tcfg.seeds
                 if not any((r["arch"], r["method"], r["seed"], r["epochs"]) == (arch, m, s, tcfg.epochs) for r in rows)]
         # One architecture at a time, its students in parallel; its rows are saved before the next one starts.
-        rows += [{"arch": arch, **row} for row in train_many(inp, todo, out / "matrix", tag=lambda t: f"{t.student}-")]
-        pq.write_table(pa.Table.from_pylist(rows), runs_path)
+        rows += [{"arch": arch, **row}
+                 for row in train_many(inp, todo, storage.join(out, "matrix"), tag=lambda t: f"{t.student}-")]
+        storage.write_parquet(pa.Table.from_pylist(rows), runs_path)
     agg = []
     for arch in archs:
         for method in cfg.train.methods:
@@ -264,8 +267,8 @@ def run_matrix(cfg: RunConfig, run_dir: Path, train_index: pa.Table, test_index:
                         "top1_mean": float(a.mean()), "top1_std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
                         "n": len(a)})
     table = pa.Table.from_pylist(agg)
-    pq.write_table(table, out / "matrix.parquet")
-    (out / "matrix_teacher.json").write_text(json.dumps(inp.teacher_info, indent=2))
+    storage.write_parquet(table, storage.join(out, "matrix.parquet"))
+    storage.write_json(storage.join(out, "matrix_teacher.json"), inp.teacher_info)
     return table
 
 

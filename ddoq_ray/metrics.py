@@ -21,12 +21,12 @@ method has weights), ``precision``, ``recall``, ``density``, ``coverage``, and `
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from . import storage
 
 log = logging.getLogger("ddoq_ray")
 
@@ -174,7 +174,7 @@ def inception_fid(real: np.ndarray, fake: np.ndarray) -> tuple[float | None, str
 
 
 def run_metrics(sets: dict[str, dict], real: np.ndarray, teacher_spec: dict, k: int, inception: str,
-                out: Path, summary: dict) -> None:
+                out: str, summary: dict) -> None:
     """Compute every metric for each method's image set and write ``metrics.json``.
 
     Args:
@@ -186,7 +186,8 @@ def run_metrics(sets: dict[str, dict], real: np.ndarray, teacher_spec: dict, k: 
     feats = extract_features(np.concatenate([real] + [sets[m]["images"] for m in names]), teacher_spec)
     bounds = np.cumsum([len(real)] + [len(sets[m]["images"]) for m in names])
     real_f = feats[:bounds[0]]
-    res: dict = {"features": f"penultimate layer of {teacher_spec['arch']} ({Path(teacher_spec['path']).name})",
+    ckpt = storage.basename(str(teacher_spec["path"]))
+    res: dict = {"features": f"penultimate layer of {teacher_spec['arch']} ({ckpt})",
                  "label": "FID (teacher features): not Inception FID", "n_real": len(real),
                  "k": k, "methods": {}}
     note_logged = False
@@ -203,11 +204,11 @@ def run_metrics(sets: dict[str, dict], real: np.ndarray, teacher_spec: dict, k: 
         res["methods"][method] = m
         log.info("metrics: %s FID (teacher features) %.3f, precision %.3f, recall %.3f", method,
                  m["fid_teacher"], m["precision"], m["recall"])
-    (out / "metrics.json").write_text(json.dumps(res, indent=2))
+    storage.write_json(storage.join(out, "metrics.json"), res)
     summary.update({"methods": list(sets), "features": res["features"]})
 
 
-def metrics_stage(run, out: Path, summary: dict) -> None:
+def metrics_stage(run, out: str, summary: dict) -> None:
     """Assemble the image sets of a run (random subset, d4m, ddoq) and the real test split, then
     :func:`run_metrics`. ``run`` is a :class:`ddoq_ray.pipeline.Run`."""
     import pyarrow as pa
@@ -216,13 +217,14 @@ def metrics_stage(run, out: Path, summary: dict) -> None:
     from .decode import load_synthetic
     from .encode import scan
     from .evaluate import random_subset
+    from .rundir import stage_path
     from .students.weights import sample_weights
 
     cfg, size = run.cfg, run.cfg.train.image_size
     test_index, _ = list_split(run.test_src, cfg.data, cfg.metrics.max_real_per_class)
     real = load_arrays(test_index, cfg.data.image_column, size)["images"]
-    syn = load_synthetic(run.dir / "decode", size)
-    ok = scan(run.dir / "encode", columns=["id", "label"], status="ok")
+    syn = load_synthetic(stage_path(run.dir, "decode"), size)
+    ok = scan(stage_path(run.dir, "encode"), columns=["id", "label"], status="ok")
     by_class: dict[int, list[str]] = {}
     for i, c in zip(ok.column("id").to_pylist(), ok.column("label").to_pylist(), strict=True):
         by_class.setdefault(c, []).append(i)

@@ -1,8 +1,11 @@
 """Stage order, resume and results: encode → quantize → decode → train.
 
 Each stage is skipped when ``<run>/<stage>/_SUCCESS.json`` carries the current fingerprint (its config section
-plus everything upstream); otherwise it is recomputed and committed atomically (see :mod:`ddoq_ray.rundir`).
-``results.json`` and the printed table are rebuilt from the committed artifacts at the end of every run.
+plus everything upstream); otherwise it is recomputed into a new attempt folder and committed by that pointer (see
+:mod:`ddoq_ray.rundir`); the encode stage resumes an interrupted attempt at its first unfinished shard.
+The run directory is a location (local path, ``s3://``, ``gs://``; :mod:`ddoq_ray.storage`); stages read each
+other's outputs only through :func:`ddoq_ray.rundir.stage_path`. ``results.json`` and the printed table are rebuilt
+from the committed artifacts at the end of every run.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ import json
 import logging
 import platform
 from importlib import metadata
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from . import storage
 from .assets import assets_root, is_named_teacher, resolve
 from .config import STAGE_UPSTREAM, STAGES, RunConfig, dump_config, stage_fingerprint
 from .data import list_split, load_classes
-from .rundir import read_success, stage_done, stage_writer
+from .rundir import committed, stage_done, stage_path, stage_writer
+
+# Stages that keep an interrupted attempt and continue it (the encode stage skips its finished shards).
+RESUMABLE = {"encode"}
 
 log = logging.getLogger("ddoq_ray")
 VERSIONED = ("ddoq-ray", "torch", "torchvision", "ray", "diffusers", "faiss-cpu", "faiss-gpu", "pyarrow", "timm",
@@ -41,7 +46,8 @@ class Run:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.dir = Path(cfg.output_dir).resolve()
+        self.dir = storage.normalize(cfg.output_dir)  # a local path or a URI (s3://, gs://)
+        storage.resolve(self.dir, field="output_dir")  # an unsupported scheme fails here, naming the field
         self.root = assets_root(cfg.assets_root)
         self.train_src = resolve(cfg.data.train, self.root, "data")
         self.test_src = resolve(cfg.data.test, self.root, "data") if cfg.data.test else None
@@ -60,21 +66,15 @@ class Run:
 
     def prepare(self) -> None:
         """Create the run directory with the resolved config, versions and class mapping."""
-        probe = self.dir / ".write-test"
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise OSError(f"output_dir {self.dir} is not writable ({e}); pass --set output_dir=...") from e
-        (self.dir / "config.yaml").write_text(dump_config(self.cfg))
-        (self.dir / "versions.json").write_text(json.dumps(versions(), indent=2))
+        storage.check_writable(self.dir, "output_dir")
+        storage.write_text(storage.join(self.dir, "config.yaml"), dump_config(self.cfg))
+        storage.write_json(storage.join(self.dir, "versions.json"), versions())
         counts = np.bincount(self.train_index.column("label").to_numpy(), minlength=len(self.classes))
         small = [f"{self.classes[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < self.cfg.quantize.ipc)]
         if small and self.cfg.quantize.small_class == "error":  # fail before hours of encoding, not after
             raise ValueError(f"classes with fewer images than quantize.ipc={self.cfg.quantize.ipc}: "
                              f"{', '.join(small[:10])}; lower ipc or set quantize.small_class=shrink")
-        (self.dir / "classes.json").write_text(json.dumps(self.classes, indent=1))
+        storage.write_json(storage.join(self.dir, "classes.json"), self.classes, indent=1)
 
 
 def run_stage(run: Run, stage: str, force: bool = False) -> bool:
@@ -90,8 +90,8 @@ def run_stage(run: Run, stage: str, force: bool = False) -> bool:
         raise RuntimeError(f"stage {stage} needs a complete {up} stage for this config; run `ddoq-ray {up}` first "
                            "or `ddoq-ray run`")
     init_ray(cfg.ray)
-    log.info("stage %s: running -> %s", stage, run.dir / stage)
-    with stage_writer(run.dir, stage, fp) as (out, summary):
+    log.info("stage %s: running -> %s", stage, storage.join(run.dir, stage))
+    with stage_writer(run.dir, stage, fp, resume=stage in RESUMABLE and not force) as (out, summary):
         if stage == "encode":
             from .encode import run_encode
 
@@ -99,15 +99,16 @@ def run_stage(run: Run, stage: str, force: bool = False) -> bool:
         elif stage == "quantize":
             from .quantize import run_quantize
 
-            run_quantize(cfg.quantize, run.dir / "encode", list(range(len(run.classes))), out, summary)
+            run_quantize(cfg.quantize, stage_path(run.dir, "encode"), list(range(len(run.classes))), out, summary)
         elif stage == "decode":
             from .decode import run_decode
             from .encode import check_meta, latent_shape, read_meta
             from .quantize import read_centroids
 
-            check_meta(read_meta(run.dir / "encode"), cfg.encode.vae,
+            check_meta(read_meta(stage_path(run.dir, "encode")), cfg.encode.vae,
                        latent_shape(run.vae_path, cfg.encode.vae_kind, cfg.data.image_size))
-            run_decode(cfg, read_centroids(run.dir / "quantize"), run.classes, run.vae_path, out, summary)
+            run_decode(cfg, read_centroids(stage_path(run.dir, "quantize")), run.classes, run.vae_path, out,
+                       summary)
         elif stage == "train":
             from .evaluate import run_train
 
@@ -165,27 +166,30 @@ def _mean_std(x: list[float]) -> tuple[float, float]:
 def write_results(run: Run) -> dict:
     """Collect committed stage outputs into ``<run>/results.json`` (schema in the README)."""
     d, cfg = run.dir, run.cfg
-    res: dict = {"name": cfg.name, "run_dir": str(d), "ipc": cfg.quantize.ipc, "classes": run.classes,
+    res: dict = {"name": cfg.name, "run_dir": d, "ipc": cfg.quantize.ipc, "classes": run.classes,
                  "versions": versions(), "stages": {}}
     for stage in STAGES:
-        if (d / stage / "_SUCCESS.json").is_file():
-            res["stages"][stage] = read_success(d, stage)
+        marker = committed(d, stage)
+        if marker is not None:
+            res["stages"][stage] = marker
     ignored = (run.train_index.schema.metadata or {}).get(b"ignored_files")
     res["ignored_files"] = json.loads(ignored) if ignored else []
     if "quantize" in res["stages"]:
-        res["w2_per_class"] = pq.read_table(d / "quantize" / "classes.parquet").to_pylist()
+        quantize = stage_path(d, "quantize")
+        res["w2_per_class"] = storage.read_parquet(storage.join(quantize, "classes.parquet")).to_pylist()
     if "metrics" in res["stages"]:
-        res["metrics"] = json.loads((d / "metrics" / "metrics.json").read_text())
+        res["metrics"] = storage.read_json(storage.join(stage_path(d, "metrics"), "metrics.json"))
     if "train" in res["stages"]:
-        rows = pq.read_table(d / "train" / "students.parquet").to_pylist()
-        res["teacher"] = json.loads((d / "train" / "teacher.json").read_text())
+        train = stage_path(d, "train")
+        rows = storage.read_parquet(storage.join(train, "students.parquet")).to_pylist()
+        res["teacher"] = storage.read_json(storage.join(train, "teacher.json"))
         res["methods"] = {}
         for m in dict.fromkeys(r["method"] for r in rows):
             accs = [r["top1"] for r in rows if r["method"] == m]
             mean, std = _mean_std(accs)
             res["methods"][m] = {"top1_mean": mean, "top1_std": std, "top1": accs,
                                  "seeds": [r["seed"] for r in rows if r["method"] == m]}
-    (d / "results.json").write_text(json.dumps(res, indent=2))
+    storage.write_json(storage.join(d, "results.json"), res)
     return res
 
 

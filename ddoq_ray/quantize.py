@@ -8,7 +8,7 @@ Graf & Luschgy 2000, Lemma 3.4). D4M (Su et al., CVPR 2024) uses the same centro
 Pure core: :func:`kmeans`, :func:`assign_exact`, :func:`quantize_class`, :func:`centroid_weights`, :func:`w2`.
 Ray layer: :func:`run_quantize`, one task per class.
 
-Artifact ``<run>/quantize/``:
+Artifact ``<run>/quantize/<attempt>/`` (:func:`ddoq_ray.rundir.stage_path`):
 - ``centroids.parquet``: ``label`` int64, ``k`` int32, ``centroid`` fixed_shape_tensor<float32>[C,h,w],
   ``count`` int64 (latents in the cell), ``mass`` float64 (count / N; sums to 1 per class).
 - ``classes.parquet``: ``label``, ``n`` (latents), ``K``, ``inertia`` (Σ squared distances, float64),
@@ -23,12 +23,12 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import storage
 from .config import QuantizeConfig
 
 log = logging.getLogger("ddoq_ray")
@@ -188,10 +188,12 @@ def class_k(n: int, qcfg: QuantizeConfig, label: int) -> int:
 
 
 def quantize_from_disk(encode_dir: str, label: int, qcfg: QuantizeConfig) -> dict:
-    """Read one class's latents, quantize, and measure W2 (the body of a Ray task; pure apart from reading)."""
+    """Read one class's latents, quantize, and measure W2 (the body of a Ray task; pure apart from reading).
+
+    ``encode_dir`` is a location (local path or URI), read on whichever node runs the task."""
     from .encode import read_class_latents
 
-    ids, z = read_class_latents(Path(encode_dir), label)
+    ids, z = read_class_latents(encode_dir, label)
     k = class_k(len(ids), qcfg, label)
     q = quantize_class(z, k, qcfg.niter, qcfg.nredo, qcfg.seed + label, max(1, round(qcfg.num_cpus)))
     # The random-real-subset baseline as a K-point measure too: K latents of the class, uniform weights.
@@ -202,7 +204,7 @@ def quantize_from_disk(encode_dir: str, label: int, qcfg: QuantizeConfig) -> dic
             "w2_uniform": w2(z, q.centroids, centroid_weights(q.mass, "uniform"))}
 
 
-def run_quantize(qcfg: QuantizeConfig, encode_dir: Path, labels: list[int], out: Path, summary: dict) -> None:
+def run_quantize(qcfg: QuantizeConfig, encode_dir: str, labels: list[int], out: str, summary: dict) -> None:
     """One Ray task per class (spread over nodes), results written as the artifacts in the module docstring."""
     import ray
     from tqdm.auto import tqdm
@@ -211,14 +213,15 @@ def run_quantize(qcfg: QuantizeConfig, encode_dir: Path, labels: list[int], out:
 
     task = ray.remote(quantize_from_disk).options(num_cpus=qcfg.num_cpus, scheduling_strategy="SPREAD",
                                                   max_retries=3)
-    pending = [task.remote(str(encode_dir), c, qcfg) for c in labels]
+    pending = [task.remote(encode_dir, c, qcfg) for c in labels]
     # Each class's result is appended to the Parquet files as it arrives and then dropped, so driver memory
     # does not grow with the number of classes (rows are in arrival order; readers sort by label, k).
     writers: dict[str, pq.ParquetWriter] = {}
 
     def append(name: str, table: pa.Table) -> None:
         if name not in writers:
-            writers[name] = pq.ParquetWriter(out / name, table.schema)
+            fs, path = storage.resolve(storage.join(out, name))
+            writers[name] = pq.ParquetWriter(path, table.schema, filesystem=fs)
         writers[name].write_table(table)
 
     cls_rows = []
@@ -245,7 +248,7 @@ def run_quantize(qcfg: QuantizeConfig, encode_dir: Path, labels: list[int], out:
         for w in writers.values():
             w.close()
     cls_rows.sort(key=lambda r: r["label"])
-    pq.write_table(pa.Table.from_pylist(cls_rows), out / "classes.parquet")
+    storage.write_parquet(pa.Table.from_pylist(cls_rows), storage.join(out, "classes.parquet"))
     w2m = np.array([r["w2_mass"] for r in cls_rows])
     w2u = np.array([r["w2_uniform"] for r in cls_rows])
     summary.update({"classes": len(cls_rows), "centroids": int(sum(r["K"] for r in cls_rows)),
@@ -256,7 +259,7 @@ def run_quantize(qcfg: QuantizeConfig, encode_dir: Path, labels: list[int], out:
              summary["w2_reduction_pct"])
 
 
-def read_centroids(quantize_dir: Path) -> pa.Table:
-    """``centroids.parquet`` sorted by (label, k)."""
-    return pq.read_table(Path(quantize_dir) / "centroids.parquet").sort_by([("label", "ascending"),
-                                                                              ("k", "ascending")])
+def read_centroids(quantize_dir: str) -> pa.Table:
+    """``centroids.parquet`` of a quantize folder (location) sorted by (label, k)."""
+    t = storage.read_parquet(storage.join(quantize_dir, "centroids.parquet"))
+    return t.sort_by([("label", "ascending"), ("k", "ascending")])

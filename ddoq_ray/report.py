@@ -18,8 +18,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
+
+from . import storage
 
 log = logging.getLogger("ddoq_ray")
 MAX_CLASSES = 20  # grids/histograms for the first N classes (an ImageNet report stays readable)
@@ -41,22 +42,35 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def sha256_files(run_dir: Path, skip: tuple[str, ...] = ("report", "train/ray")) -> list[tuple[str, str, int]]:
-    """``(relative path, sha256 hex, bytes)`` of every file in the run, except the report and Ray Train scratch."""
+def sha256_files(run_dir: str, skip: tuple[str, ...] = ("report", "train/ray")) -> list[tuple[str, str, int]]:
+    """``(relative path, sha256 hex, bytes)`` of every file in the run (any filesystem), except the report and
+    Ray Train scratch (``train/<attempt>/ray/``)."""
     out = []
-    for p in sorted(run_dir.rglob("*")):
-        rel = p.relative_to(run_dir).as_posix()
-        if not p.is_file() or rel.startswith(skip) or "/." in f"/{rel}":
+    for rel, size in storage.walk_files(run_dir):
+        parts = rel.split("/")
+        scratch = parts[0] == "train" and "ray" in parts[1:3]
+        if rel.startswith(skip) or scratch or any(p.startswith(".") for p in parts):
             continue
         h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
+        with storage.open_input(storage.join(run_dir, rel)) as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
                 h.update(chunk)
-        out.append((rel, h.hexdigest(), p.stat().st_size))
+        out.append((rel, h.hexdigest(), size))
     return out
 
 
-def _real_images(run_dir: Path, per_class: int) -> tuple[dict, dict]:
+def _stage(run_dir: str, stage: str) -> str | None:
+    """The committed folder of a stage, or None (the report shows what exists)."""
+    from .rundir import StageNotCommittedError, stage_path
+
+    try:
+        return stage_path(run_dir, stage)
+    except StageNotCommittedError:
+        return None
+
+
+
+def _real_images(run_dir: str, per_class: int) -> tuple[dict, dict]:
     """A few real images per class, and the seed-0 random-subset images, from the run's own config and data.
 
     Returns ``({label: uint8 [n,H,W,3]}, {label: uint8 [...]})``; empty dicts when the data is not reachable here.
@@ -69,10 +83,11 @@ def _real_images(run_dir: Path, per_class: int) -> tuple[dict, dict]:
     from .pipeline import Run
 
     try:
-        cfg = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        cfg = RunConfig.model_validate(yaml.safe_load(storage.read_text(storage.join(run_dir, "config.yaml"))))
         run = Run(cfg)
         index = run.train_index
-        asg = pq.read_table(run_dir / "quantize" / "assignments.parquet", columns=["id", "label"]).to_pylist()
+        asg = storage.read_parquet(storage.join(_stage(run_dir, "quantize"), "assignments.parquet"),
+                       columns=["id", "label"]).to_pylist()
     except Exception as e:  # noqa: BLE001 - a report must not fail because the data moved
         log.warning("report: real images unavailable (%s)", e)
         return {}, {}
@@ -182,7 +197,7 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
     """Write ``report.html`` and ``report.md`` (+ ``report_files/*.png``) into ``run_dir``.
 
     Args:
-        run_dir: a run directory with at least ``results.json`` and the quantize stage.
+        run_dir: a run directory (local path or URI) with at least ``results.json`` and the quantize stage.
         extra_runs: more run directories (e.g. other IPCs) for the W2-vs-IPC plot.
     Returns:
         ``{"html": path, "md": path, "figures": [names], "classes": n}``.
@@ -191,37 +206,40 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
     """
     from .pipeline import results_table
 
-    run_dir = Path(run_dir)
-    res_path = run_dir / "results.json"
-    if not res_path.is_file():
+    run_dir = storage.normalize(run_dir)
+    res_path = storage.join(run_dir, "results.json")
+    if not storage.is_file(res_path):
         raise FileNotFoundError(f"{res_path} not found: run `ddoq-ray run CONFIG` first")
-    res = json.loads(res_path.read_text())
+    res = storage.read_json(res_path)
     classes = res.get("classes") or []
-    files_dir = run_dir / "report_files"
-    files_dir.mkdir(exist_ok=True)
+    files_dir = storage.join(run_dir, "report_files")
     figs: list[tuple[str, str, bytes]] = []  # (name, caption, png)
 
-    man_path = run_dir / "decode" / "manifest.parquet"
-    if man_path.is_file():
-        man = pq.read_table(man_path).to_pylist()
+    decode_dir = _stage(run_dir, "decode")
+    if decode_dir is not None:
+        man = storage.read_parquet(storage.join(decode_dir, "manifest.parquet")).to_pylist()
         real, rand = _real_images(run_dir, real_per_class)
         for c in sorted({r["label"] for r in man})[:MAX_CLASSES]:
             rows = sorted((r for r in man if r["label"] == c), key=lambda r: -r.get("weight_mass", r["mass"]))
             syn = []
             for r in rows:
-                with Image.open(run_dir / "decode" / "synthetic" / r["path"]) as im:
+                png = storage.read_bytes(storage.join(decode_dir, "synthetic", r["path"]))
+                with Image.open(io.BytesIO(png)) as im:
                     syn.append((im.convert("RGB"), r.get("weight_mass", r["mass"])))
             name = classes[c] if c < len(classes) else str(c)
             figs.append((f"grid_class_{c}", f"class {c} ({name})", class_grid(c, name, syn, real.get(c), rand.get(c))))
     if res.get("w2_per_class"):
         figs.append(("w2_per_class", "per-class latent W2: random subset vs uniform vs cell-mass weights",
                      w2_bars(res["w2_per_class"], classes)))
-        cent = pq.read_table(run_dir / "quantize" / "centroids.parquet", columns=["label", "mass"]).to_pylist()
-        figs.append(("cell_mass_histograms", "cell masses per class (how unequal the Voronoi cells are)",
-                     mass_histograms(cent, classes)))
+        quantize_dir = _stage(run_dir, "quantize")
+        if quantize_dir is not None:
+            cent = storage.read_parquet(storage.join(quantize_dir, "centroids.parquet"),
+                                        columns=["label", "mass"]).to_pylist()
+            figs.append(("cell_mass_histograms", "cell masses per class (how unequal the Voronoi cells are)",
+                         mass_histograms(cent, classes)))
     points = []
-    for d in [run_dir, *map(Path, extra_runs)]:
-        r = json.loads((d / "results.json").read_text())
+    for d in [run_dir, *map(storage.normalize, extra_runs)]:
+        r = storage.read_json(storage.join(d, "results.json"))
         if r.get("w2_per_class"):
             points.append((r["ipc"], float(np.mean([x["w2_mass"] for x in r["w2_per_class"]])),
                            float(np.mean([x["w2_uniform"] for x in r["w2_per_class"]]))))
@@ -238,8 +256,8 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
            f"{100 * (1 - np.mean([r['w2_mass'] for r in w2]) / np.mean([r['w2_uniform'] for r in w2])):.2f} %"
            if w2 else "")
     matrix_html = matrix_md = ""
-    if (run_dir / "train" / "matrix.parquet").is_file():
-        mrows = pq.read_table(run_dir / "train" / "matrix.parquet").to_pylist()
+    if storage.is_file(storage.join(run_dir, "train", "matrix.parquet")):
+        mrows = storage.read_parquet(storage.join(run_dir, "train", "matrix.parquet")).to_pylist()
         if mrows:
             matrix_html, matrix_md = _table(list(mrows[0]), [list(r.values()) for r in mrows])
     met_html = met_md = ""
@@ -253,13 +271,14 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
     skip_html, skip_md = _table(["id", "label", "reason"], [[r["id"], r["label"], r["error"]] for r in skipped])
     sums = sha256_files(run_dir)
     sum_html, sum_md = _table(["file", "sha256", "bytes"], [list(s) for s in sums])
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    cfg_loc = storage.join(run_dir, "config.yaml")
+    config = storage.read_text(cfg_loc) if storage.is_file(cfg_loc) else ""
     versions = res.get("versions", {})
     acc_md = results_table(res)
 
     for name, _, png in figs:
-        (files_dir / f"{name}.png").write_bytes(png)
-    title = f"ddoq-ray report: {res.get('name', run_dir.name)}"
+        storage.write_bytes(storage.join(files_dir, f"{name}.png"), png)
+    title = f"ddoq-ray report: {res.get('name', storage.basename(run_dir))}"
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>Run directory: <code>{html.escape(str(run_dir))}</code>; "
             f"IPC {res.get('ipc')}; {len(classes)} classes.</p>", "<h2>Accuracy and latent W2</h2>",
             _md_table_to_html(acc_md), f"<p>{html.escape(red)}</p>"]
@@ -281,7 +300,7 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
              "figure{margin:1em 0}pre{background:#f6f6f6;padding:.5em;overflow:auto;font-size:12px}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
-    (run_dir / "report.html").write_text(page)
+    storage.write_text(storage.join(run_dir, "report.html"), page)
     md = [f"# {title}\n", f"IPC {res.get('ipc')}, {len(classes)} classes.\n", "## Accuracy and latent W2\n", acc_md,
           f"\n{red}\n"]
     if matrix_md:
@@ -290,9 +309,9 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
         md += ["## Image-space distribution metrics (vs the real test split)\n", met_md]
     md += ["## Figures\n"] + [f"![{cap}](report_files/{name}.png)\n" for name, cap, _ in figs]
     md += ["## Stages\n", stage_md, f"## Skipped inputs ({len(skipped)})\n", skip_md, "## Output files\n", sum_md]
-    (run_dir / "report.md").write_text("\n".join(md))
-    log.info("report: %s", run_dir / "report.html")
-    return {"html": str(run_dir / "report.html"), "md": str(run_dir / "report.md"),
+    storage.write_text(storage.join(run_dir, "report.md"), "\n".join(md))
+    log.info("report: %s", storage.join(run_dir, "report.html"))
+    return {"html": storage.join(run_dir, "report.html"), "md": storage.join(run_dir, "report.md"),
             "figures": [f[0] for f in figs], "classes": len(classes)}
 
 

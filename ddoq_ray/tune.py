@@ -38,9 +38,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from . import storage as fsio
 from .config import RunConfig, TrainConfig, TuneConfig
+from .rundir import stage_path
 
 log = logging.getLogger("ddoq_ray")
 CKPT_FILE = "state.pt"
@@ -246,13 +247,15 @@ def sweep(train: dict, val: dict, test: dict | None, spec: dict | None, tcfg: Tr
     data = {"train": train, "val": val, "test": test if tc.report_test else None, "spec": spec,
             "base": tcfg.model_dump(mode="json"), "num_classes": num_classes, "seed": tc.seed,
             "method": tc.method, "eval_every": tc.eval_every, "threads": max(1, int(tc.cpus_per_trial)),
-            "storage": str(Path(storage).resolve() / "train")}
+            "storage": fsio.join(storage, "train")}
     fn = _function_trial if tc.trainer == "function" else _torch_trainer_trial
     trainable = tune.with_resources(tune.with_parameters(fn, data=data), resources)
-    exp = Path(storage).resolve() / name
-    if tune.Tuner.can_restore(str(exp)):
+    fs, root = fsio.resolve(storage)  # local disk or a bucket: Tune syncs through this filesystem
+    exp = f"{root}/{name}"
+    if tune.Tuner.can_restore(exp, storage_filesystem=fs):
         log.info("tune: resuming the sweep in %s", exp)
-        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs)
     else:
         if tc.scheduler == "asha":
             sched = ASHAScheduler(time_attr="epoch", max_t=epochs_max, grace_period=min(tc.grace_period, epochs_max),
@@ -268,7 +271,7 @@ def sweep(train: dict, val: dict, test: dict | None, spec: dict | None, tcfg: Tr
                                         # the generator limits concurrency itself.
                                         search_alg=BasicVariantGenerator(random_state=tc.seed,
                                                                          max_concurrent=n_conc)),
-            run_config=tune.RunConfig(name=name, storage_path=str(Path(storage).resolve()), verbose=0,
+            run_config=tune.RunConfig(name=name, storage_path=root, storage_filesystem=fs, verbose=0,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
     log.info("tune: %d samples, up to %d trials at once (%s per trial, %s), ASHA max_t=%d epochs",
@@ -341,7 +344,7 @@ def validation_set(cfg: RunConfig, run, tc: TuneConfig) -> tuple[dict, str]:
         idx, _ = list_split(run.test_src, cfg.data, tc.val_per_class)
         return load_arrays(idx, cfg.data.image_column, size), f"test split, first {tc.val_per_class} per class"
     full, _ = list_split(run.train_src, cfg.data, None)
-    seen = set(scan(run.dir / "encode", columns=["id"]).column("id").to_pylist())
+    seen = set(scan(stage_path(run.dir, "encode"), columns=["id"]).column("id").to_pylist())
     rng = np.random.default_rng(tc.seed + 12345)
     ids, labels = full.column("id").to_pylist(), full.column("label").to_numpy()
     pick, n_seen = [], 0
@@ -403,37 +406,37 @@ def run_tune(cfg: RunConfig) -> dict:
     if tcfg.label_mode != "hard":
         _, spec, teacher_info = make_teacher(cfg, run.dir, run.train_index, test if test is not None else val,
                                              n_classes, all_classes, run.teacher_path, run.classes)
-    syn = load_synthetic(run.dir / "decode", size)
+    syn = load_synthetic(stage_path(run.dir, "decode"), size)
     if tc.method == "random":
         inp = EvalInputs(cfg, run.dir, run.train_index, test or val, n_classes, None, spec, teacher_info, syn)
         from .encode import scan
 
-        ok = scan(run.dir / "encode", columns=["id", "label"], status="ok")
+        ok = scan(stage_path(run.dir, "encode"), columns=["id", "label"], status="ok")
         for i, c in zip(ok.column("id").to_pylist(), ok.column("label").to_pylist(), strict=True):
             inp.ids_by_class.setdefault(c, []).append(i)
         s = method_set(inp, "random", tc.seed, tcfg)
         train = {"images": s["images"], "labels": s["labels"], "mass": np.ones(len(s["labels"]))}
     else:
         train = {"images": syn["images"], "labels": syn["labels"], "mass": syn["mass"]}
-    out = run.dir / "tune"
-    out.mkdir(parents=True, exist_ok=True)
+    out = fsio.join(run.dir, "tune")
+    fsio.makedirs(out)
     name = f"sweep-{fingerprint(cfg)}"
     rows = sweep(train, val, test, spec, tcfg, tc, n_classes, out, name)
     return write_results(rows, list(tc.search_space), out, {
-        "experiment": str(out / name), "method": tc.method, "validation": val_src,
+        "experiment": fsio.join(out, name), "method": tc.method, "validation": val_src,
         "wall_s": round(time.perf_counter() - t0, 1), "teacher": teacher_info})
 
 
-def write_results(rows: list[dict], keys: list[str], out: Path, info: dict) -> dict:
+def write_results(rows: list[dict], keys: list[str], out: str, info: dict) -> dict:
     """Write ``out/results.parquet`` (one row per trial) and ``out/best.json`` (``info`` plus trial counts, the
-    best trial and its config); return best.json's content plus ``table`` (Markdown)."""
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), out / "results.parquet")
+    best trial and its config); return best.json's content plus ``table`` (Markdown). ``out``: a location."""
+    fsio.makedirs(out)
+    fsio.write_parquet(pa.Table.from_pylist(rows), fsio.join(out, "results.parquet"))
     best = best_trial(rows)
-    res = {**info, "results": str(out / "results.parquet"), "trials": len(rows),
+    res = {**info, "results": fsio.join(out, "results.parquet"), "trials": len(rows),
            "finished": sum(not r["stopped_early"] and r["error"] is None for r in rows),
            "errors": sum(r["error"] is not None for r in rows), "best": best,
            "best_config": {k: best[k] for k in keys} if best else None}
-    (out / "best.json").write_text(json.dumps(res, indent=2, default=float))
+    fsio.write_text(fsio.join(out, "best.json"), json.dumps(res, indent=2, default=float))
     res["table"] = table(rows, keys)
     return res

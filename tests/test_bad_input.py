@@ -196,7 +196,9 @@ def test_dirty_folder_end_to_end_lists_skipped_files(ray_session, dirty, tmp_pat
     assert res["ignored_files"] == expect["ignored"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert {r["id"] for r in saved["stages"]["encode"]["skipped_rows"]} == set(expect["skipped"])
-    assert pq.read_table(tmp_path / "encode" / "skipped.parquet").num_rows == len(expect["skipped"])
+    from ddoq_ray.rundir import stage_path
+
+    assert pq.read_table(f"{stage_path(str(tmp_path), 'encode')}/skipped.parquet").num_rows == len(expect["skipped"])
     assert res["stages"]["decode"]["images"] == 9
 
 

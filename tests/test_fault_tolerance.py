@@ -39,8 +39,15 @@ def _env() -> dict:
     return env
 
 
+def _stage(run: Path, stage: str) -> Path:
+    from ddoq_ray.rundir import stage_path
+
+    return Path(stage_path(str(run), stage))
+
+
 def _centroids(run: Path):
-    t = pq.read_table(run / "quantize" / "centroids.parquet").sort_by([("label", "ascending"), ("k", "ascending")])
+    t = pq.read_table(_stage(run, "quantize") / "centroids.parquet")
+    t = t.sort_by([("label", "ascending"), ("k", "ascending")])
     return t.column("centroid").combine_chunks().to_numpy_ndarray(), t.select(["label", "k", "count"]).to_pylist()
 
 
@@ -58,7 +65,8 @@ def test_gpu_config_on_cpu_cluster_fails_within_timeout(assets, tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr  # a clear message, not a stack trace
     assert "ddoq-ray: error: encode: the config requires GPUs" in p.stderr
     assert "ray.require_gpu" in p.stderr and "ray.gpu_wait_s" in p.stderr
-    assert not (tmp_path / "run" / "encode").exists()  # nothing committed
+    assert not (tmp_path / "run" / "encode" / "_SUCCESS.json").exists()  # nothing committed (an empty attempt
+    assert not list((tmp_path / "run" / "encode").glob("*/latents"))  # folder stays for a resume; no latents)
     assert took < wait + 60, took  # the wait plus Ray start-up, not a hang
 
 
@@ -94,21 +102,22 @@ def test_killed_driver_resumes_with_identical_outputs(assets, tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     rc, text = _run_cli(ref, assets)
     assert rc == 0, text[-3000:]
-    rc, _ = _run_cli(run, assets, kill_when=lambda: any(run.glob(".decode.tmp-*")))
+    rc, _ = _run_cli(run, assets, kill_when=lambda: any(run.glob("decode/attempt-*")))
     assert rc == -signal.SIGKILL
     assert (run / "quantize" / "_SUCCESS.json").is_file() and not (run / "decode" / "_SUCCESS.json").exists()
     rc, text = _run_cli(run, assets)
     assert rc == 0, text[-3000:]
     assert "stage encode: complete" in text and "stage quantize: complete" in text
-    assert "stage decode: running" in text and not list(run.glob(".*.tmp-*"))
+    assert "stage decode: running" in text
+    assert len(list(run.glob("decode/attempt-*"))) == 1  # the killed attempt was collected after the commit
     c_ref, m_ref = _centroids(ref)
     c_run, m_run = _centroids(run)
     assert m_ref == m_run and np.array_equal(c_ref, c_run)
-    man_ref = pq.read_table(ref / "decode" / "manifest.parquet").to_pylist()
-    assert man_ref == pq.read_table(run / "decode" / "manifest.parquet").to_pylist()  # every field, every row
+    man_ref = pq.read_table(_stage(ref, "decode") / "manifest.parquet").to_pylist()
+    assert man_ref == pq.read_table(_stage(run, "decode") / "manifest.parquet").to_pylist()  # every field, every row
     for r in man_ref:  # and the images themselves
-        png = Path("decode", "synthetic", r["path"])
-        assert (ref / png).read_bytes() == (run / png).read_bytes()
+        png = Path("synthetic", r["path"])
+        assert (_stage(ref, "decode") / png).read_bytes() == (_stage(run, "decode") / png).read_bytes()
     res_ref, res_run = (json.loads((d / "results.json").read_text()) for d in (ref, run))
     assert res_ref["stages"]["encode"]["encoded_per_class"] == res_run["stages"]["encode"]["encoded_per_class"]
 
@@ -210,7 +219,7 @@ def _multinode(root: Path, assets: str) -> dict:
     out["run_s"] = time.monotonic() - t1
     out.update({k: (sorted(v) if isinstance(v, set) else v) for k, v in events.items()})
     out["encode"] = {k: res["stages"]["encode"][k] for k in ("input", "encoded", "skipped")}
-    ids = scan(root / "run" / "encode", columns=["id"]).column("id").to_pylist()
+    ids = scan(_stage(root / "run", "encode"), columns=["id"]).column("id").to_pylist()
     out["ids"], out["unique_ids"] = len(ids), len(set(ids))
     ray.shutdown()
     cluster.shutdown()

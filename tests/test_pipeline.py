@@ -11,6 +11,14 @@ from PIL import Image
 from ddoq_ray.config import load_config
 from ddoq_ray.encode import scan
 from ddoq_ray.pipeline import results_table, run_all
+from ddoq_ray.rundir import stage_path
+
+
+def _stage(out, stage):
+    """A stage's committed folder (``<run>/<stage>/<live attempt>``) as a Path."""
+    from pathlib import Path
+
+    return Path(stage_path(str(out), stage))
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +33,7 @@ def test_encode_accounts_for_every_image(smoke_run):
     enc = res["stages"]["encode"]
     assert enc["input"] == 300 and enc["encoded"] + enc["skipped"] == 300 and enc["skipped"] == 0
     assert enc["encoded_per_class"] == {"0": 100, "1": 100, "2": 100}
-    t = scan(out / "encode", columns=["id", "latent"], status="ok")
+    t = scan(_stage(out, "encode"), columns=["id", "latent"], status="ok")
     assert t.num_rows == 300 and len(set(t.column("id").to_pylist())) == 300
     assert t.column("latent").type.shape == [4, 8, 8]
     assert json.loads((out / "classes.json").read_text()) == ["airplane", "cat", "ship"]
@@ -33,7 +41,7 @@ def test_encode_accounts_for_every_image(smoke_run):
 
 def test_quantize_w2_identity_and_weights(smoke_run):
     _, out, res = smoke_run
-    cent = pq.read_table(out / "quantize" / "centroids.parquet")
+    cent = pq.read_table(_stage(out, "quantize") / "centroids.parquet")
     assert cent.num_rows == 15 and cent.column("centroid").type.shape == [4, 8, 8]
     for c in range(3):
         rows = [r for r in cent.select(["label", "count", "mass"]).to_pylist() if r["label"] == c]
@@ -41,18 +49,18 @@ def test_quantize_w2_identity_and_weights(smoke_run):
     for r in res["w2_per_class"]:
         assert r["w2_mass"] == pytest.approx(r["w2_identity"], rel=1e-4)
         assert r["w2_mass"] <= r["w2_uniform"] + 1e-9
-    assert pq.read_table(out / "quantize" / "assignments.parquet").num_rows == 300
+    assert pq.read_table(_stage(out, "quantize") / "assignments.parquet").num_rows == 300
 
 
 def test_decode_writes_imagefolder_manifest_and_grid(smoke_run):
     _, out, res = smoke_run
-    man = pq.read_table(out / "decode" / "manifest.parquet").to_pylist()
+    man = pq.read_table(_stage(out, "decode") / "manifest.parquet").to_pylist()
     assert len(man) == 15 and res["stages"]["decode"]["images"] == 15
     for r in man:
-        with Image.open(out / "decode" / "synthetic" / r["path"]) as im:
+        with Image.open(_stage(out, "decode") / "synthetic" / r["path"]) as im:
             assert im.size == (32, 32) and im.mode == "RGB"
     assert {r["path"].split("/")[0] for r in man} == {"airplane", "cat", "ship"}
-    with Image.open(out / "decode" / "grid.png") as g:
+    with Image.open(_stage(out, "decode") / "grid.png") as g:
         assert g.size == (5 * 64, 3 * 64)
 
 
@@ -84,7 +92,7 @@ def test_report_has_a_grid_per_class_and_the_run_numbers(smoke_run):
     assert f"{res['w2_per_class'][0]['w2_mass']:.4f}"[:5] in page or "w2" in page
     md = (out / "report.md").read_text()
     assert "report_files/grid_class_0.png" in md and (out / "report_files" / "grid_class_2.png").is_file()
-    assert "decode/manifest.parquet" in page  # sha256 table lists the outputs
+    assert re.search(r"decode/attempt-[\w-]+/manifest\.parquet", page)  # sha256 table lists the live outputs
 
 
 def test_report_renders_in_headless_chromium(smoke_run, tmp_path):

@@ -6,16 +6,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ddoq_ray.report import build_report
+from ddoq_ray.rundir import stage_writer
 
 
 def fake_run(d, ipc, w2_mass, w2_uniform):
-    (d / "quantize").mkdir(parents=True)
+    d.mkdir(parents=True)
     rows = [{"label": c, "n": 100, "K": ipc, "inertia": 1.0, "w2_mass": w2_mass, "w2_uniform": w2_uniform,
              "w2_random": 2 * w2_uniform, "w2_identity": w2_mass} for c in range(2)]
     (d / "results.json").write_text(json.dumps({"name": d.name, "ipc": ipc, "classes": ["a", "b"], "stages": {},
                                                 "w2_per_class": rows}))
-    pq.write_table(pa.table({"label": [0] * ipc + [1] * ipc, "mass": [1 / ipc] * (2 * ipc)}),
-                   d / "quantize" / "centroids.parquet")
+    with stage_writer(str(d), "quantize", "fp") as (out, _):
+        pq.write_table(pa.table({"label": [0] * ipc + [1] * ipc, "mass": [1 / ipc] * (2 * ipc)}),
+                       f"{out}/centroids.parquet")
     return d
 
 

@@ -25,17 +25,15 @@ Read one epoch with ``pq.read_table(path)``; logits as numpy:
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from ddoq_ray import storage
 from ddoq_ray.config import TrainConfig
 from ddoq_ray.students.augment import apply_crop_flip
 from ddoq_ray.students.losses import apply_mix
@@ -81,14 +79,14 @@ def precompute_soft_labels(images: np.ndarray, teacher: nn.Module, cfg: TrainCon
     """
     from ddoq_ray.students.train import _autocast, autocast_dtype, to_float_nchw
 
-    out = Path(out_dir)
+    out = storage.normalize(out_dir)  # a local path or a URI: the label set is read back on any node
     key = _meta_key(len(images), cfg, seed, num_classes)
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    meta_path = storage.join(out, "meta.json")
+    if storage.is_file(meta_path):
+        meta = storage.read_json(meta_path)
         if {k: meta.get(k) for k in key} == key:
             return meta
-    out.mkdir(parents=True, exist_ok=True)
+    storage.makedirs(out)
     dev = torch.device(device)
     teacher = teacher.to(dev).eval()
     amp = autocast_dtype(dev, cfg.precision)
@@ -123,14 +121,13 @@ def precompute_soft_labels(images: np.ndarray, teacher: nn.Module, cfg: TrainCon
         flat = np.concatenate(logits_all).reshape(-1)
         arrays = [pa.array(cols[name], type=schema.field(name).type) for name in schema.names if name != "logits"]
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float16()), num_classes))
-        path = out / f"epoch_{epoch:05d}.parquet"
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(pa.Table.from_arrays(arrays, schema=schema), tmp)
-        os.replace(tmp, path)
-        total += path.stat().st_size
+        # No temporary file: meta.json, written last, is what marks the set complete.
+        loc = storage.join(out, f"epoch_{epoch:05d}.parquet")
+        storage.write_parquet(pa.Table.from_arrays(arrays, schema=schema), loc)
+        total += storage.info(loc).size
     meta = {**key, "steps_per_epoch": plan.steps, "teacher": teacher_name, "bytes": total,
             "bytes_per_image_epoch": total / (len(images) * cfg.epochs)}
-    meta_path.write_text(json.dumps(meta, indent=2))
+    storage.write_json(meta_path, meta)
     return meta
 
 
@@ -143,11 +140,11 @@ class PrecomputedPlan:
     """
 
     def __init__(self, label_dir: str | Path, n: int, cfg: TrainConfig, num_classes: int):
-        self.dir = Path(label_dir)
-        meta_path = self.dir / "meta.json"
-        if not meta_path.is_file():
+        self.dir = storage.normalize(label_dir)
+        meta_path = storage.join(self.dir, "meta.json")
+        if not storage.is_file(meta_path):
             raise FileNotFoundError(f"no precomputed soft labels in {self.dir} (meta.json missing)")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = storage.read_json(meta_path)
         want = {"n_train": n, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
                 "num_classes": num_classes}
         bad = {k: (self.meta.get(k), v) for k, v in want.items() if self.meta.get(k) != v}
@@ -165,7 +162,7 @@ class PrecomputedPlan:
         pass
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        t = pq.read_table(self.dir / f"epoch_{epoch:05d}.parquet")
+        t = storage.read_parquet(storage.join(self.dir, f"epoch_{epoch:05d}.parquet"))
         cols = {name: t[name].to_numpy() for name in t.column_names if name != "logits"}
         logits = t["logits"].combine_chunks().flatten().to_numpy().reshape(-1, self.num_classes)
         steps = cols["step"]

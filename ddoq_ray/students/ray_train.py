@@ -192,7 +192,8 @@ def train_student_ray(
         cfg: ``num_workers`` data-parallel workers (shards the indices by rank, wraps the model in DDP),
             ``cpus_per_worker`` (= torch threads per worker), ``use_gpu`` ("auto" = the cluster has GPUs),
             ``checkpoint_every``, ``precision``.
-        storage_path, name: Ray Train run directory ``storage_path/name``. A run directory with checkpoints
+        storage_path, name: Ray Train run directory ``storage_path/name`` (a local path or a URI such as
+            ``s3://bucket/run/train/attempt-x/ray``). A run directory with checkpoints
             from an earlier attempt of the same name is resumed by Ray Train.
         val, val_every: validation set reported as ``val_top1`` every ``val_every`` epochs (Tune).
         callbacks: Ray Train ``UserCallback``s (e.g. Tune's ``TuneReportCallback``).
@@ -222,7 +223,15 @@ def train_student_ray(
         val = ray.put(val) if val is not None else None
         if spec is not None and isinstance(spec.get("state_dict"), dict):
             spec = {**spec, "state_dict": ray.put(spec["state_dict"])}
-    local_ckpt_dir = os.path.join(storage_path, name, "local_checkpoints")
+    from ddoq_ray import storage
+
+    # Ray Train writes run folders and checkpoints through this filesystem (local disk, S3, GCS), so workers on any
+    # node reach them without a shared mount.
+    fs, fs_path = storage.resolve(storage_path)
+    # Local mode runs in the driver and keeps checkpoints in a folder of its own: beside the run on local disks,
+    # a scratch folder when the run lives in a bucket (Ray Train still uploads each checkpoint to storage_path).
+    local_ckpt_dir = (tempfile.mkdtemp(prefix=f"ddoq-{name}-") if storage.is_uri(storage_path)
+                      else os.path.join(fs_path, name, "local_checkpoints"))
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config={
@@ -247,7 +256,8 @@ def train_student_ray(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=storage_path,
+            storage_path=fs_path,
+            storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,

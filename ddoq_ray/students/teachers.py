@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -54,12 +55,25 @@ def load_state_dict_into(model: nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def _load_checkpoint(path: str):
+    """``torch.load(..., weights_only=True)`` of a local file or a URI (``s3://``, ``gs://``; read on this node).
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+    """
+    from ddoq_ray import storage
+
+    if not storage.is_file(path):
+        raise FileNotFoundError(f"teacher checkpoint not found: {path} (train.teacher)")
+    if storage.is_uri(path):
+        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
 def infer_num_classes(path: str) -> int:
     """Output classes of a checkpoint: rows of its last 2-D weight (the classifier)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"teacher checkpoint not found: {p} (train.teacher)")
-    ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    p = path
+    ckpt = _load_checkpoint(path)
     state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
     mats = [v for k, v in state.items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2]
     if not mats:
@@ -83,10 +97,8 @@ def load_teacher(path: str, arch: str, num_classes: int, class_index: list[int] 
         FileNotFoundError: ``path`` does not exist.
         ValueError: the state dict does not fit ``arch`` (names the mismatching keys), or bad ``class_index``.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"teacher checkpoint not found: {p} (train.teacher)")
-    ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    p = path
+    ckpt = _load_checkpoint(path)
     state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
     if not isinstance(state, dict):
         raise ValueError(f"teacher checkpoint {p}: expected a state dict, got {type(state).__name__}")
