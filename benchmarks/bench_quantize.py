@@ -88,8 +88,9 @@ def bench_class(name: str, x: np.ndarray, ipcs: list[int], repeats: int) -> list
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 class per dataset, 1 repeat (< 1 min)")
-    p.add_argument("--encode-dir", default="/tmp/main_enc/encode",
-                   help="an encode-stage directory of CIFAR-10 latents (skipped if missing)")
+    p.add_argument("--run-dir", default="runs/cifar10_taesd_ipc10",
+                   help="a run directory whose encode stage holds CIFAR-10 latents (the main job's; skipped if "
+                        "it has none)")
     p.add_argument("--classes", type=int, default=3, help="classes per dataset (default 3)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
@@ -105,14 +106,17 @@ def main(argv=None):
         warm = gaussian_mixture(500, 64, seed=99)
         for m in METHODS:  # imports, OpenMP/BLAS thread pools: keep first-call costs out of the timings
             fit(m, warm, 5)
-        enc = Path(a.encode_dir)
-        if (enc / "latents").is_dir():
+        from ddoq_ray.rundir import stage_path
+
+        committed = (Path(a.run_dir) / "encode" / "_SUCCESS.json").is_file()
+        enc = Path(stage_path(a.run_dir, "encode")) if committed else None
+        if enc is not None and (enc / "latents").is_dir():
             for c in range(n_cls):
                 _, z = read_class_latents(enc, c)
                 rows += bench_class(f"cifar10 class {c}", z.reshape(len(z), -1), a.ipc, repeats)
                 print(f"cifar10 class {c} done", flush=True)
         else:
-            print(f"no latents at {enc}: skipping the CIFAR-10 part")
+            print(f"no committed encode stage in {a.run_dir}: skipping the CIFAR-10 part")
         for c in range(n_cls):
             x = gaussian_mixture(1300, 4096, seed=c)
             rows += bench_class(f"synthetic {c}", x, a.ipc, repeats)

@@ -166,7 +166,7 @@ def main():
          "```", "",
          "Needs the `bench` extra (`pip install -e '.[bench]'`: scikit-learn), the offline assets "
          "(`/work/shared/models/taesd`, `/work/shared/data/cifar10`), and for `bench_quantize` real CIFAR-10 latents "
-         "from an encode stage (`--encode-dir`, default `/tmp/main_enc/encode`; skipped if absent). "
+         "from the main job's encode stage (`--run-dir`, default `runs/cifar10_taesd_ipc10`; skipped if absent). "
          "`bench_quantize_scale` writes ~21 GB of synthetic latents to `/tmp/ddoq_bench_scale` for 1,000 classes "
          "(`--classes 100 300` for ~6 GB).", "",
          "**Noise.** The machine is shared. For these results the other engineers' processes ran in a "

@@ -59,8 +59,10 @@ class EncodeConfig(_Section):
     )
     seed: int = 0
     shard_rows: int = Field(
-        20000, gt=0, description="Rows per encode shard: each shard is written and marked done on its own, so a "
-                                 "killed run resumes at the first unfinished shard. Not part of the fingerprint."
+        100_000, gt=0, description="Rows per encode shard: each shard is written and marked done on its own, so a "
+                                   "killed run resumes at the first unfinished shard. Each shard is its own Ray Data "
+                                   "run (actor pool start-up and model load per shard), hence large. Not part of "
+                                   "the fingerprint."
     )
 
 
