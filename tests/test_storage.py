@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import _free_port
 
 from ddoq_ray import storage
 from ddoq_ray.config import load_config, stage_fingerprint
@@ -24,14 +24,6 @@ from ddoq_ray.rundir import SUCCESS, stage_path
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data.max_per_class=20", "quantize.ipc=4"]  # 3 classes x 20 images: enough for the checks, fast
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Bucket:
