@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import DdoqError
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
-class AssetNotFoundError(FileNotFoundError):
+class AssetNotFoundError(DdoqError, FileNotFoundError):
     """A data/model reference could not be resolved; the message lists where it looked."""
 
 

@@ -15,8 +15,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import DdoqError
 
-class ConfigError(ValueError):
+
+class ConfigError(DdoqError, ValueError):
     """A config file or override is invalid; the message names the file and field."""
 
 

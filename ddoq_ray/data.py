@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 
 from . import storage
 from .config import DataConfig
+from .errors import DdoqError
 
 log = logging.getLogger("ddoq_ray")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -37,11 +38,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
 
-class DataError(ValueError):
+class DataError(DdoqError, ValueError):
     """The dataset's layout or columns are wrong; the message names the file/field and the fix."""
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(DdoqError, ValueError):
     """One image could not be decoded; the row is skipped and counted, never dropped silently."""
 
 

@@ -29,6 +29,7 @@ import pyarrow.dataset as pads
 from . import storage
 from .config import RunConfig
 from .data import decode_batch, read_split
+from .errors import DdoqError
 
 
 # torch/diffusers load lazily: quantize tasks import this module only to read latents (saves ~0.6 GB per worker).
@@ -53,7 +54,7 @@ log = logging.getLogger("ddoq_ray")
 META = "meta.json"
 
 
-class LatentMismatchError(ValueError):
+class LatentMismatchError(DdoqError, ValueError):
     """Latents on disk were made by another VAE or at another shape than the run asks for."""
 
 

@@ -30,11 +30,12 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .config import QuantizeConfig
+from .errors import DdoqError
 
 log = logging.getLogger("ddoq_ray")
 
 
-class SmallClassError(ValueError):
+class SmallClassError(DdoqError, ValueError):
     """A class has fewer latents than IPC and ``quantize.small_class`` is ``error``."""
 
 

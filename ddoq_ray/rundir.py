@@ -24,12 +24,13 @@ import uuid
 from contextlib import contextmanager
 
 from . import storage
+from .errors import DdoqError
 
 SUCCESS = "_SUCCESS.json"
 ATTEMPT = "_ATTEMPT.json"
 
 
-class StageNotCommittedError(FileNotFoundError):
+class StageNotCommittedError(DdoqError, FileNotFoundError):
     """A stage's outputs were asked for, but the stage has no committed attempt in this run directory."""
 
 

@@ -21,11 +21,12 @@ import os
 import time
 
 from .config import RayConfig
+from .errors import DdoqError
 
 log = logging.getLogger("ddoq_ray")
 
 
-class GPUUnavailableError(RuntimeError):
+class GPUUnavailableError(DdoqError, RuntimeError):
     """The config requires GPUs (``ray.require_gpu``) and the cluster supplied none within ``ray.gpu_wait_s``."""
 
 

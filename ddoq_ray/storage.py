@@ -23,11 +23,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .errors import DdoqError
+
 # URI schemes whose path is ``bucket/key`` and whose filesystem can be shared by every key of a bucket.
 BUCKET_SCHEMES = ("s3", "gs", "gcs")
 
 
-class StorageError(OSError):
+class StorageError(DdoqError, OSError):
     """A location cannot be used: unsupported URI scheme, unreachable bucket, or missing object.
 
     The message names the config field when the caller passed one.
