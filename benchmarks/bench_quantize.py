@@ -37,7 +37,7 @@ LADDER = [1, 2, 3, 5, 10, 20, 50]
 def fit(method: str, x: np.ndarray, k: int, km_expand: int = 1, niter_matched: int = 50) -> np.ndarray:
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
-    from ddoq_ray.quantize import kmeans
+    from ddoq_ray.quantization import kmeans
 
     if method == "faiss":
         return kmeans(x, k, niter=50, seed=0, num_threads=1)
@@ -57,7 +57,7 @@ def fit(method: str, x: np.ndarray, k: int, km_expand: int = 1, niter_matched: i
 
 
 def bench_class(name: str, x: np.ndarray, ipcs: list[int], repeats: int) -> list[dict]:
-    from ddoq_ray.quantize import assign_exact, w2
+    from ddoq_ray.quantization import assign_exact, w2
 
     rows = []
     for k in ipcs:
@@ -99,7 +99,7 @@ def main(argv=None):
 
     from threadpoolctl import threadpool_limits
 
-    from ddoq_ray.encode import read_class_latents
+    from ddoq_ray.artifacts.latents import read_class_latents
 
     rows = []
     with threadpool_limits(1):

@@ -40,7 +40,7 @@ def ensure_master(cache: Path, n_classes: int) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ddoq_ray.encode import to_tensor_array
+    from ddoq_ray.artifacts.latents import to_tensor_array
 
     t0 = time.perf_counter()
     master = cache / "master"
@@ -72,8 +72,8 @@ def view(cache: Path, n_classes: int) -> Path:
 def run_one(root: Path, n_classes: int, ipc: int, num_cpus: int) -> dict:
     import ray
 
+    from ddoq_ray.artifacts.latents import read_class_latents
     from ddoq_ray.config import QuantizeConfig
-    from ddoq_ray.encode import read_class_latents
     from ddoq_ray.quantize import run_quantize
 
     read_times = []

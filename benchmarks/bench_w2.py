@@ -55,7 +55,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
-    from ddoq_ray.quantize import assign_exact, kmeans
+    from ddoq_ray.quantization import assign_exact, kmeans
 
     methods = ["emd2", "emd2_lazy", "sliced_50", "sliced_500"]
     grid = [(n, k, d) for d in (256, 4096) for n in (1300, 10_000) for k in (10, 50)]

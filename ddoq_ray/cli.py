@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from . import storage
-from .config import STAGES, ConfigError, load_config
-from .runtime import GPUUnavailableError
+from .config import load_config
+from .errors import DdoqError, UserValueError
+from .stages import REGISTRY, STAGES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,8 +25,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--force", action="store_true", help="recompute even if the stage is complete")
         return sp
 
-    add("run", "run (or resume) every stage: encode, quantize, decode, train, metrics")
-    stage_parsers = {s: add(s, f"run only the {s} stage (its inputs must be complete)") for s in STAGES}
+    add("run", f"run (or resume) every stage: {', '.join(STAGES)}")
+    stage_parsers = {s: add(s, f"run the {s} stage: {REGISTRY[s].doc} (and any stage it reads that is not "
+                               "complete)") for s in STAGES}
     stage_parsers["metrics"].add_argument(
         "--features", default=None, metavar="teacher|ARCH:CHECKPOINT",
         help="feature extractor for FID/precision/recall (default: the run's teacher)")
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
         stages = STAGES if args.command == "run" else ("train",) if args.command == "evaluate" else (args.command,)
         res = run_all(cfg, stages, force=args.force)
-    except (ConfigError, FileNotFoundError, ValueError, OSError, GPUUnavailableError) as e:
+    except DdoqError as e:  # the user can fix it: one clear message; anything else is a bug and shows a traceback
         print(f"ddoq-ray: error: {e}", file=sys.stderr)
         return 2
     print()
@@ -100,24 +102,20 @@ def _tune(cfg) -> int:
 
 
 def _matrix(cfg, archs: list[str]) -> int:
-    from .data import list_split, load_classes
-    from .evaluate import matrix_markdown, run_matrix
+    from .evaluate import matrix_markdown
     from .pipeline import Run, run_stage
-    from .runtime import init_ray
+    from .rundir import stage_path
+    from .stages import closure
 
     run = Run(cfg)
     run.prepare()
-    for stage in ("encode", "quantize", "decode"):
-        run_stage(run, stage)
-    if run.test_src is None:
-        raise ValueError("data.test is not set: students need a real test split to be evaluated on")
-    init_ray(cfg.ray)
-    test_index, _ = list_split(run.test_src, cfg.data, cfg.data.max_test_per_class)
-    all_classes = load_classes(cfg.data, run.train_src) or run.classes
-    table = run_matrix(cfg, run.dir, run.train_index, test_index, run.classes, all_classes, run.teacher_path, archs)
+    for name in closure(["matrix"])[:-1]:
+        run_stage(run, name)
+    run_stage(run, "matrix", extra={"archs": archs})
+    loc = storage.join(stage_path(run.dir, "matrix"), "matrix.parquet")
     print()
-    print(matrix_markdown(table))
-    print(f"\nmatrix: {storage.join(run.dir, 'train', 'matrix.parquet')}")
+    print(matrix_markdown(storage.read_parquet(loc)))
+    print(f"\nmatrix: {loc}")
     return 0
 
 
@@ -164,7 +162,7 @@ def _validate(cfg, source: str) -> int:
         how = "from the VAE config"
     else:
         if size % 8:
-            raise ValueError(f"data.image_size={size} is not a multiple of 8 (SD-family VAEs downsample by 8)")
+            raise UserValueError(f"data.image_size={size} is not a multiple of 8 (SD-family VAEs downsample by 8)")
         shape, how = (4, size // 8, size // 8), "assumed: SD-family VAE, f=8, 4 channels"
     print(f"  encode: {size} px -> latents {'x'.join(map(str, shape))} ({how})")
     classes = None

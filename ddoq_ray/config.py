@@ -1,14 +1,11 @@
 """Typed run configuration, loaded from YAML with ``--set key=value`` overrides.
 
-Every stage reads only its own section; :func:`stage_fingerprint` hashes a stage's section together with the
-fingerprints of the stages it depends on, so a re-run skips a stage exactly when nothing upstream changed.
-Unknown keys are an error that names the key (pydantic ``extra="forbid"``).
+The schema only: which stage reads which fields, and the fingerprints that key every stage's output, live in
+:mod:`ddoq_ray.stages`. Unknown keys are an error that names the key (pydantic ``extra="forbid"``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -217,20 +214,9 @@ class TrainConfig(_Section):
 
     def resolved_lr(self) -> float:
         """``lr`` if set, else the per-architecture default for ``student`` (see :func:`default_lr`)."""
+        from .students.defaults import default_lr
+
         return self.lr if self.lr is not None else default_lr(self.student)
-
-
-def default_lr(arch: str) -> float:
-    """RDED's per-architecture AdamW learning rates (method.md §5.2): 1e-3 for ResNets and ConvNets (and
-    anything unlisted), 2e-3 EfficientNet-B0, 2.5e-3 MobileNet-V2, 1e-4 Swin/ViT."""
-    a = arch.lower()
-    if "swin" in a or "vit" in a or "deit" in a:
-        return 1e-4
-    if "mobilenet" in a:
-        return 2.5e-3
-    if "efficientnet" in a:
-        return 2e-3
-    return 1e-3
 
 
 _SAMPLERS = {"uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3, "randint": 2, "lograndint": 2,
@@ -238,7 +224,7 @@ _SAMPLERS = {"uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3, "ra
 
 
 class TuneConfig(_Section):
-    """``ddoq-ray tune``: a Ray Tune sweep over ``train`` fields on one distilled set (see ddoq_ray/tune.py).
+    """``ddoq-ray tune``: a Ray Tune sweep over ``train`` fields on one distilled set (see ddoq_ray/tune/).
 
     ``search_space`` maps a ``train`` field to a constant or a one-key sampler mapping, e.g.
     ``lr: {loguniform: [1.0e-4, 1.0e-2]}``, ``weight_scheme: {choice: [uniform, mass, sqrt_mass]}``,
@@ -360,19 +346,6 @@ class RunConfig(_Section):
         return v
 
 
-STAGES = ("encode", "quantize", "decode", "train", "metrics")
-# Which config sections each stage's output depends on (its own and its inputs').
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "encode": ("data", "encode"),
-    "quantize": ("quantize",),
-    "decode": ("decode",),
-    "train": ("train",),
-    "metrics": ("metrics", "train"),  # the teacher (train.teacher) is the feature extractor
-}
-STAGE_UPSTREAM: dict[str, str | None] = {"encode": None, "quantize": "encode", "decode": "quantize", "train": "decode",
-                                         "metrics": "decode"}
-
-
 def _parse_value(raw: str) -> Any:
     """`--set` values are YAML scalars/lists: `3`, `true`, `[0, 1]`, `null`, `runs/x`."""
     return yaml.safe_load(raw)
@@ -436,16 +409,3 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (every default spelled out), stored in the run directory."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-# Fields that change how a stage is executed but never its outputs (so changing them does not redo the stage).
-NOT_FINGERPRINTED = {"encode": {"shard_rows"}}
-
-
-def stage_fingerprint(cfg: RunConfig, stage: str) -> str:
-    """sha256 (hex, 16 chars) of the config sections a stage's output depends on, chained with its upstream."""
-    doc = {s: getattr(cfg, s).model_dump(mode="json", exclude=NOT_FINGERPRINTED.get(s)) for s in STAGE_INPUTS[stage]}
-    up = STAGE_UPSTREAM[stage]
-    doc["upstream"] = stage_fingerprint(cfg, up) if up else None
-    doc["seed"] = cfg.seed
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]

@@ -33,9 +33,9 @@ import pyarrow as pa
 from PIL import Image
 
 from . import storage
+from .artifacts.latents import LatentMismatchError
 from .config import DecodeConfig, RunConfig
 from .diffusion import DiffusionSettings, image_seed, kept_steps, load_decoder
-from .encode import LatentMismatchError
 
 log = logging.getLogger("ddoq_ray")
 # Hub DiT checkpoints whose transformer config is not readable offline: latent side from the id's resolution.
@@ -262,20 +262,6 @@ def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path
     summary.update({"images": len(rows), "mode": dcfg.mode, "model": model_ref(cfg), "images_per_centroid": n_copy})
 
 
-def load_synthetic(decode_dir: str, size: int) -> dict[str, np.ndarray]:
-    """The decoded set in memory for training: ``images`` uint8 [n,size,size,3], ``labels`` int64, ``mass`` float64
-    (each image's weight: its centroid's mass / images_per_centroid), ``k`` int64. ``decode_dir`` is the decode
-    stage's folder (:func:`ddoq_ray.rundir.stage_path`), a local path or URI."""
-    from .data import decode_image
-
-    manifest = storage.read_parquet(storage.join(decode_dir, "manifest.parquet")).to_pylist()
-    root = storage.join(decode_dir, "synthetic")
-    images = np.stack([decode_image(storage.read_bytes(storage.join(root, r["path"])), size) for r in manifest])
-    return {"images": images, "labels": np.array([r["label"] for r in manifest], dtype=np.int64),
-            "mass": np.array([r.get("weight_mass", r["mass"]) for r in manifest], dtype=np.float64),
-            "k": np.array([r["k"] for r in manifest], dtype=np.int64)}
-
-
 def validate_decode(cfg: RunConfig, model_path: str | None, encode_shape: tuple[int, int, int] | None,
                     classes: list[str] | None) -> list[str]:
     """Check the decode section without loading weights (for ``ddoq-ray validate``); returns notes to print.
@@ -310,3 +296,17 @@ def validate_decode(cfg: RunConfig, model_path: str | None, encode_shape: tuple[
     elif d.mode == "dit":
         notes.append("decode: class ids from the data's class names (ImageNet WNIDs -> ImageNet index; else identity)")
     return notes
+
+
+def decode_stage(run, out: str, summary: dict) -> None:
+    """The registered ``decode`` stage: the quantize stage's centroids, after checking they were made by this
+    decoder's VAE at its shape (:class:`~ddoq_ray.artifacts.latents.LatentMismatchError` otherwise)."""
+    from .artifacts.centroids import read_centroids
+    from .artifacts.latents import check_meta, read_meta
+    from .encode import latent_shape
+    from .rundir import stage_path
+
+    cfg = run.cfg
+    check_meta(read_meta(stage_path(run.dir, "encode")), cfg.encode.vae,
+               latent_shape(run.vae_path, cfg.encode.vae_kind, cfg.data.image_size))
+    run_decode(cfg, read_centroids(stage_path(run.dir, "quantize")), run.classes, run.vae_path, out, summary)

@@ -27,9 +27,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from . import storage
+from .artifacts.latents import META, scan, to_tensor_array
 from .config import RunConfig
 from .data import decode_batch, read_split
-from .errors import DdoqError
 
 
 # torch/diffusers load lazily: quantize tasks import this module only to read latents (saves ~0.6 GB per worker).
@@ -51,11 +51,7 @@ def vae_kind(*args, **kwargs):
     return impl(*args, **kwargs)
 
 log = logging.getLogger("ddoq_ray")
-META = "meta.json"
 
-
-class LatentMismatchError(DdoqError, ValueError):
-    """Latents on disk were made by another VAE or at another shape than the run asks for."""
 
 
 def latent_shape(vae_path: str, kind: str, image_size: int) -> tuple[int, int, int]:
@@ -76,11 +72,6 @@ def latent_shape(vae_path: str, kind: str, image_size: int) -> tuple[int, int, i
 def row_seed(seed: int, row_id: str) -> int:
     """Stable per-image seed (crc32 of the id), so sampled latents do not depend on batching or order."""
     return (seed * 1_000_003 + zlib.crc32(row_id.encode())) % (2**63)
-
-
-def to_tensor_array(x: np.ndarray) -> pa.Array:
-    """float32 ``[n, *shape]`` -> Arrow-native ``fixed_shape_tensor`` (shape kept in the Parquet schema)."""
-    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(x, dtype=np.float32))
 
 
 class VAEEncoder:
@@ -238,48 +229,7 @@ def account(out: str, index: pa.Table) -> dict:
                              for r in skipped.to_pylist()[:1000]]}
 
 
-def scan(out: str, columns: list[str] | None = None, status: str | None = None,
-         label: int | None = None) -> pa.Table:
-    """Read the latents table of an encode folder with plain pyarrow (any filesystem; hive partitions ``shard``,
-    ``status`` and ``label`` become columns)."""
-    part = pads.partitioning(pa.schema([("shard", pa.string()), ("status", pa.string()), ("label", pa.int64())]),
-                             flavor="hive")
-    fs, path = storage.resolve(storage.join(out, "latents"))
-    ds = pads.dataset(path, format="parquet", partitioning=part, filesystem=fs)
-    flt = None
-    if status is not None:
-        flt = pads.field("status") == status
-    if label is not None:
-        f2 = pads.field("label") == label
-        flt = f2 if flt is None else flt & f2
-    return ds.to_table(columns=columns, filter=flt)
 
-
-def read_class_latents(out: str, label: int) -> tuple[list[str], np.ndarray]:
-    """All usable latents of one class, sorted by id (deterministic regardless of write order or sharding).
-
-    Returns:
-        ``(ids, latents float32 [n, C, h, w])``.
-    """
-    t = scan(out, columns=["id", "latent"], status="ok", label=label)
-    if t.num_rows == 0:
-        return [], np.zeros((0,), dtype=np.float32)
-    t = t.sort_by("id")
-    col = t.column("latent").combine_chunks()
-    return t.column("id").to_pylist(), col.to_numpy_ndarray().astype(np.float32, copy=False)
-
-
-def read_meta(out: str) -> dict:
-    return storage.read_json(storage.join(out, META))
-
-
-def check_meta(meta: dict, vae: str, shape: tuple[int, ...]) -> None:
-    """Refuse latents made by a different VAE or at a different shape than the decoder expects.
-
-    Raises:
-        LatentMismatchError: naming both values and how to fix it.
-    """
-    if meta["vae"] != vae or tuple(meta["latent_shape"]) != tuple(shape):
-        raise LatentMismatchError(
-            f"latents were made with VAE {meta['vae']!r} at shape {tuple(meta['latent_shape'])}, but the decoder is "
-            f"{vae!r} at {tuple(shape)}; re-run the encode stage with the decoder's VAE (encode.vae) and image size")
+def encode_stage(run, out: str, summary: dict) -> None:
+    """The registered ``encode`` stage (:mod:`ddoq_ray.stages`): the run's whole train index."""
+    run_encode(run.cfg, run.train_index, run.vae_path, out, summary)

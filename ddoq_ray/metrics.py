@@ -209,42 +209,40 @@ def run_metrics(sets: dict[str, dict], real: np.ndarray, teacher_spec: dict, k: 
 
 
 def metrics_stage(run, out: str, summary: dict) -> None:
-    """Assemble the image sets of a run (random subset, d4m, ddoq) and the real test split, then
-    :func:`run_metrics`. ``run`` is a :class:`ddoq_ray.pipeline.Run`."""
-    import pyarrow as pa
-
-    from .data import list_split, load_arrays, load_classes
-    from .decode import load_synthetic
-    from .encode import scan
-    from .evaluate import random_subset
+    """The registered ``metrics`` stage: each method's set (the same images and weights the students train on,
+    :mod:`ddoq_ray.artifacts.methods`; ``random`` = the first student seed's subset) against the real test split,
+    then :func:`run_metrics`. ``run`` is a :class:`ddoq_ray.context.Run`."""
+    from .artifacts.methods import method_set, weight_scheme
+    from .artifacts.synthetic import load_synthetic
+    from .data import list_split, load_arrays
+    from .errors import UserValueError
     from .rundir import stage_path
-    from .students.weights import sample_weights
 
     cfg, size = run.cfg, run.cfg.train.image_size
+    run.require_test()
     test_index, _ = list_split(run.test_src, cfg.data, cfg.metrics.max_real_per_class)
     real = load_arrays(test_index, cfg.data.image_column, size)["images"]
     syn = load_synthetic(stage_path(run.dir, "decode"), size)
-    ok = scan(stage_path(run.dir, "encode"), columns=["id", "label"], status="ok")
-    by_class: dict[int, list[str]] = {}
-    for i, c in zip(ok.column("id").to_pylist(), ok.column("label").to_pylist(), strict=True):
-        by_class.setdefault(c, []).append(i)
-    chosen = set(random_subset(by_class, cfg.quantize.ipc, cfg.train.seeds[0] if cfg.train.seeds else 0))
-    ids = run.train_index.column("id").to_pylist()
-    rand = load_arrays(run.train_index.filter(pa.array([i in chosen for i in ids])), cfg.data.image_column, size)
-    sets = {"random": {"images": rand["images"], "weights": None},
-            "d4m": {"images": syn["images"], "weights": None},
-            "ddoq": {"images": syn["images"],
-                     "weights": sample_weights(syn["labels"], syn["mass"], cfg.train.weight_scheme,
-                                               cfg.train.weight_alpha, cfg.train.weight_tau, cfg.train.weight_norm)}}
+    seed = cfg.train.seeds[0] if cfg.train.seeds else 0
+    sets = {}
+    for m in ("random", "d4m", "ddoq"):
+        s = method_set(m, seed, cfg.train, run_dir=run.dir, train_index=run.train_index,
+                       image_column=cfg.data.image_column, ipc=cfg.quantize.ipc, syn=syn)
+        # Unweighted sets get None: fid() then is exactly the usual FID.
+        sets[m] = {"images": s["images"], "weights": s["weights"] if weight_scheme(m, cfg.train) not in
+                   (None, "uniform") else None}
     class_index = list(cfg.data.class_subset) if cfg.data.class_subset is not None else None
-    n_all = len(load_classes(cfg.data, run.train_src) or run.classes)
+    n_all = len(run.all_classes)
     if cfg.metrics.features == "teacher":
+        if run.teacher_path is None:
+            raise UserValueError("metrics.features=teacher needs a teacher checkpoint (train.teacher); set "
+                                 "metrics.features=ARCH:CHECKPOINT or metrics.enabled=false")
         spec = {"path": run.teacher_path, "arch": cfg.train.teacher_arch, "num_classes": n_all,
                 "class_index": class_index}
     else:
         arch, _, path = cfg.metrics.features.partition(":")
         if not path:
-            raise ValueError(f"metrics.features={cfg.metrics.features!r}: use `teacher` or ARCH:CHECKPOINT")
+            raise UserValueError(f"metrics.features={cfg.metrics.features!r}: use `teacher` or ARCH:CHECKPOINT")
         from .assets import resolve
 
         spec = {"path": resolve(path, run.root, "data"), "arch": arch, "num_classes": n_all, "class_index": None}

@@ -48,7 +48,7 @@ def sha256_files(run_dir: str, skip: tuple[str, ...] = ("report", "train/ray")) 
     out = []
     for rel, size in storage.walk_files(run_dir):
         parts = rel.split("/")
-        scratch = parts[0] == "train" and "ray" in parts[1:3]
+        scratch = parts[0] in ("train", "matrix") and "ray" in parts[1:3]
         if rel.startswith(skip) or scratch or any(p.startswith(".") for p in parts):
             continue
         h = hashlib.sha256()
@@ -71,23 +71,25 @@ def _stage(run_dir: str, stage: str) -> str | None:
 
 
 def _real_images(run_dir: str, per_class: int) -> tuple[dict, dict]:
-    """A few real images per class, and the seed-0 random-subset images, from the run's own config and data.
+    """A few real images per class, and the first student seed's random-subset images (the very images those
+    students trained on, from the subsets stage), from the run's own config and data.
 
     Returns ``({label: uint8 [n,H,W,3]}, {label: uint8 [...]})``; empty dicts when the data is not reachable here.
     """
+    import pyarrow as pa
     import yaml
 
+    from .artifacts.centroids import read_assignments
+    from .artifacts.methods import subset_ids
     from .config import RunConfig
+    from .context import Run
     from .data import load_arrays
-    from .evaluate import random_subset
-    from .pipeline import Run
 
     try:
         cfg = RunConfig.model_validate(yaml.safe_load(storage.read_text(storage.join(run_dir, "config.yaml"))))
-        run = Run(cfg)
-        index = run.train_index
-        asg = storage.read_parquet(storage.join(_stage(run_dir, "quantize"), "assignments.parquet"),
-                       columns=["id", "label"]).to_pylist()
+        index = Run(cfg).train_index
+        asg = read_assignments(_stage(run_dir, "quantize"), columns=["id", "label"]).to_pylist()
+        rand_ids = set(subset_ids(run_dir, cfg.quantize.ipc, cfg.train.seeds[0] if cfg.train.seeds else 0))
     except Exception as e:  # noqa: BLE001 - a report must not fail because the data moved
         log.warning("report: real images unavailable (%s)", e)
         return {}, {}
@@ -96,10 +98,7 @@ def _real_images(run_dir: str, per_class: int) -> tuple[dict, dict]:
         by_class.setdefault(r["label"], []).append(r["id"])
     labels = sorted(by_class)[:MAX_CLASSES]
     real_ids = {i for c in labels for i in sorted(by_class[c])[:per_class]}
-    rand_ids = set(random_subset({c: by_class[c] for c in labels}, cfg.quantize.ipc,
-                                 cfg.train.seeds[0] if cfg.train.seeds else 0))
     ids = index.column("id").to_pylist()
-    import pyarrow as pa
 
     def pick(chosen: set[str]) -> dict:
         arr = load_arrays(index.filter(pa.array([i in chosen for i in ids])), cfg.data.image_column, 64)
@@ -140,7 +139,7 @@ def w2_bars(w2: list[dict], classes: list[str]) -> bytes:
     keys = [("w2_random", "random subset", "#bbbbbb"), ("w2_uniform", "uniform (D4M)", "#4c72b0"),
             ("w2_mass", "cell mass (DDOQ)", "#dd8452")]
     for i, (key, lab, col) in enumerate(keys):
-        if key in rows[0]:
+        if all(r.get(key) is not None for r in rows):
             ax.bar(x + (i - 1) * 0.27, [r[key] for r in rows], 0.27, label=lab, color=col)
     ax.set_xticks(x, [classes[r["label"]] if r["label"] < len(classes) else r["label"] for r in rows],
                   rotation=45, ha="right", fontsize=8)
@@ -202,14 +201,16 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
     Returns:
         ``{"html": path, "md": path, "figures": [names], "classes": n}``.
     Raises:
-        FileNotFoundError: ``results.json`` is missing (run ``ddoq-ray run`` first).
+        StageNotCommittedError: ``results.json`` is missing (run ``ddoq-ray run`` first).
     """
-    from .pipeline import results_table
+    from .artifacts.synthetic import read_manifest
+    from .results import results_table
+    from .rundir import StageNotCommittedError
 
     run_dir = storage.normalize(run_dir)
     res_path = storage.join(run_dir, "results.json")
     if not storage.is_file(res_path):
-        raise FileNotFoundError(f"{res_path} not found: run `ddoq-ray run CONFIG` first")
+        raise StageNotCommittedError(f"{res_path} not found: run `ddoq-ray run CONFIG` first")
     res = storage.read_json(res_path)
     classes = res.get("classes") or []
     files_dir = storage.join(run_dir, "report_files")
@@ -217,7 +218,7 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
 
     decode_dir = _stage(run_dir, "decode")
     if decode_dir is not None:
-        man = storage.read_parquet(storage.join(decode_dir, "manifest.parquet")).to_pylist()
+        man = read_manifest(decode_dir).to_pylist()
         real, rand = _real_images(run_dir, real_per_class)
         for c in sorted({r["label"] for r in man})[:MAX_CLASSES]:
             rows = sorted((r for r in man if r["label"] == c), key=lambda r: -r.get("weight_mass", r["mass"]))
@@ -256,8 +257,9 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
            f"{100 * (1 - np.mean([r['w2_mass'] for r in w2]) / np.mean([r['w2_uniform'] for r in w2])):.2f} %"
            if w2 else "")
     matrix_html = matrix_md = ""
-    if storage.is_file(storage.join(run_dir, "train", "matrix.parquet")):
-        mrows = storage.read_parquet(storage.join(run_dir, "train", "matrix.parquet")).to_pylist()
+    matrix_dir = _stage(run_dir, "matrix")
+    if matrix_dir is not None:
+        mrows = storage.read_parquet(storage.join(matrix_dir, "matrix.parquet")).to_pylist()
         if mrows:
             matrix_html, matrix_md = _table(list(mrows[0]), [list(r.values()) for r in mrows])
     met_html = met_md = ""

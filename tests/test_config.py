@@ -1,6 +1,7 @@
 import pytest
 
-from ddoq_ray.config import ConfigError, RunConfig, load_config, stage_fingerprint
+from ddoq_ray.config import ConfigError, RunConfig, load_config
+from ddoq_ray.stages import fingerprint as stage_fingerprint
 
 SMOKE = "configs/smoke.yaml"
 

@@ -12,11 +12,12 @@ import torch
 import yaml
 from conftest import REPO
 
+from ddoq_ray.artifacts.latents import to_tensor_array
+from ddoq_ray.artifacts.synthetic import load_synthetic
 from ddoq_ray.classlists import SUBSETS, imagenet_classes, imagenet_index, subset_wnids
 from ddoq_ray.config import RunConfig
-from ddoq_ray.decode import class_id_map, load_synthetic, run_decode
+from ddoq_ray.decode import class_id_map, run_decode
 from ddoq_ray.diffusion import DiffusionSettings, image_seed, load_decoder
-from ddoq_ray.encode import to_tensor_array
 from ddoq_ray.vae import decode_latents, load_vae
 
 IMAGENET_CONFIGS = ["imagenet1k_sd_ipc10", "imagenet1k_dit_ipc10", "imagenette_dit_ipc10", "imagewoof_dit_ipc10"]

@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import CIFAR_TRAIN, TAESD
 
+from ddoq_ray.artifacts.latents import LatentMismatchError, check_meta, to_tensor_array
 from ddoq_ray.config import DataConfig
 from ddoq_ray.data import list_split, load_arrays
-from ddoq_ray.encode import LatentMismatchError, VAEEncoder, check_meta, latent_shape, to_tensor_array
+from ddoq_ray.encode import VAEEncoder, latent_shape
 from ddoq_ray.vae import decode_latents, encode_images, load_vae
 
 

@@ -161,8 +161,8 @@ def _multinode(root: Path, assets: str) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
+    from ddoq_ray.artifacts.latents import scan
     from ddoq_ray.config import load_config
-    from ddoq_ray.encode import scan
     from ddoq_ray.pipeline import run_all
 
     # 2 logical CPUs per worker: the survivor alone must fit the encoder actor (1 CPU) and the read/decode/write

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from ddoq_ray.artifacts.latents import scan
 from ddoq_ray.config import load_config
-from ddoq_ray.encode import scan
 from ddoq_ray.pipeline import results_table, run_all
 from ddoq_ray.rundir import stage_path
 
@@ -76,7 +76,8 @@ def test_students_beat_chance_and_teacher_is_strong(smoke_run):
 
 def test_rerun_resumes_every_stage(smoke_run, caplog):
     cfg, out, _ = smoke_run
-    stages = ("encode", "quantize", "decode", "train", "metrics")
+    from ddoq_ray.stages import STAGES as stages
+
     stamps = {s: (out / s / "_SUCCESS.json").stat().st_mtime_ns for s in stages}
     with caplog.at_level("INFO", logger="ddoq_ray"):
         run_all(cfg)

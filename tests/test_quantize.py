@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from ddoq_ray.config import QuantizeConfig
-from ddoq_ray.quantize import assign_exact, centroid_weights, class_k, kmeans, quantize_class, w2
+from ddoq_ray.quantization import assign_exact, centroid_weights, kmeans, quantize_class, w2
+from ddoq_ray.quantize import class_k
 
 
 def blobs(n=600, d=16, k=5, seed=0):
@@ -94,7 +95,7 @@ def test_quantize_worker_code_does_not_import_torch():
     import sys
 
     code = ("import sys, numpy as np\n"
-            "from ddoq_ray.quantize import quantize_class, w2\n"
+            "from ddoq_ray.quantization import quantize_class, w2\n"
             "z = np.random.default_rng(0).normal(size=(40, 4, 2, 2)).astype(np.float32)\n"
             "q = quantize_class(z, 3)\n"
             "w2(z, q.centroids, q.mass)\n"

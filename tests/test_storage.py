@@ -18,9 +18,10 @@ import pytest
 from conftest import _free_port
 
 from ddoq_ray import storage
-from ddoq_ray.config import load_config, stage_fingerprint
-from ddoq_ray.encode import scan
+from ddoq_ray.artifacts.latents import scan
+from ddoq_ray.config import load_config
 from ddoq_ray.rundir import SUCCESS, stage_path
+from ddoq_ray.stages import fingerprint as stage_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["data.max_per_class=20", "quantize.ipc=4"]  # 3 classes x 20 images: enough for the checks, fast

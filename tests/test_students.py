@@ -260,7 +260,7 @@ def test_train_teacher_on_synthetic_data():
 
 
 def test_per_architecture_default_lr():
-    from ddoq_ray.config import default_lr
+    from ddoq_ray.students.defaults import default_lr
 
     assert TrainConfig().lr is None and TrainConfig().resolved_lr() == 1e-3
     assert default_lr("resnet18") == 1e-3 and default_lr("convnet3") == 1e-3

@@ -30,7 +30,7 @@ def scheme_weights(mass: np.ndarray, scheme: str, alpha: float = 1.0, tau: float
     Returns:
         float64 [K], sum 1.
     """
-    from ddoq_ray.quantize import centroid_weights  # the one implementation of the schemes
+    from ddoq_ray.quantization import centroid_weights  # the one implementation of the schemes
 
     w = centroid_weights(mass, scheme, alpha, tau)
     if not np.isfinite(w).all() or w.sum() <= 0:

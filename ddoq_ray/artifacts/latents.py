@@ -1,0 +1,85 @@
+"""The encode stage's artifact: latents in hive-partitioned Parquet, their meta and the skipped rows.
+
+Schema (``<run>/encode/<attempt>/``; the writer is :mod:`ddoq_ray.encode`):
+- ``latents/shard=<s>/status=ok/label=<c>/*.parquet``: ``id`` (string), ``error`` (string, empty), ``latent``
+  (``arrow.fixed_shape_tensor<float32>[C,h,w]``); ``status=skipped`` holds unusable rows (``error`` says why,
+  ``latent`` is zeros);
+- ``meta.json``: VAE ref and kind, image size, latent shape and mode; ``skipped.parquet``: ``id``, ``label``,
+  ``error``; ``shards.json`` and ``done/<s>.json``: the shard plan and one marker per finished shard.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from .. import storage
+from ..errors import DdoqError
+
+META = "meta.json"
+
+
+class LatentMismatchError(DdoqError, ValueError):
+    """Latents on disk were made by another VAE or at another shape than the run asks for."""
+
+
+def to_tensor_array(x: np.ndarray) -> pa.Array:
+    """float32 ``[n, *shape]`` -> Arrow-native ``fixed_shape_tensor`` (shape kept in the Parquet schema)."""
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def scan(out: str, columns: list[str] | None = None, status: str | None = None,
+         label: int | None = None) -> pa.Table:
+    """Read the latents table of an encode folder with plain pyarrow (any filesystem; hive partitions ``shard``,
+    ``status`` and ``label`` become columns)."""
+    part = pads.partitioning(pa.schema([("shard", pa.string()), ("status", pa.string()), ("label", pa.int64())]),
+                             flavor="hive")
+    fs, path = storage.resolve(storage.join(out, "latents"))
+    ds = pads.dataset(path, format="parquet", partitioning=part, filesystem=fs)
+    flt = None
+    if status is not None:
+        flt = pads.field("status") == status
+    if label is not None:
+        f2 = pads.field("label") == label
+        flt = f2 if flt is None else flt & f2
+    return ds.to_table(columns=columns, filter=flt)
+
+
+def read_class_latents(out: str, label: int) -> tuple[list[str], np.ndarray]:
+    """All usable latents of one class, sorted by id (deterministic regardless of write order or sharding).
+
+    Returns:
+        ``(ids, latents float32 [n, C, h, w])``.
+    """
+    t = scan(out, columns=["id", "latent"], status="ok", label=label)
+    if t.num_rows == 0:
+        return [], np.zeros((0,), dtype=np.float32)
+    t = t.sort_by("id")
+    col = t.column("latent").combine_chunks()
+    return t.column("id").to_pylist(), col.to_numpy_ndarray().astype(np.float32, copy=False)
+
+
+def read_meta(out: str) -> dict:
+    return storage.read_json(storage.join(out, META))
+
+
+def check_meta(meta: dict, vae: str, shape: tuple[int, ...]) -> None:
+    """Refuse latents made by a different VAE or at a different shape than the decoder expects.
+
+    Raises:
+        LatentMismatchError: naming both values and how to fix it.
+    """
+    if meta["vae"] != vae or tuple(meta["latent_shape"]) != tuple(shape):
+        raise LatentMismatchError(
+            f"latents were made with VAE {meta['vae']!r} at shape {tuple(meta['latent_shape'])}, but the decoder is "
+            f"{vae!r} at {tuple(shape)}; re-run the encode stage with the decoder's VAE (encode.vae) and image size")
+
+
+def ids_by_class(encode_dir: str) -> dict[int, list[str]]:
+    """The ids of the usable (``status=ok``) latents of each class: ``{label: [id, ...]}`` in scan order."""
+    ok = scan(encode_dir, columns=["id", "label"], status="ok")
+    out: dict[int, list[str]] = {}
+    for i, c in zip(ok.column("id").to_pylist(), ok.column("label").to_pylist(), strict=True):
+        out.setdefault(c, []).append(i)
+    return out

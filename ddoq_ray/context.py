@@ -1,0 +1,97 @@
+"""``Run``: the resolved inputs of one run (locations, class lists, split indexes), handed to every stage.
+
+Stages receive a :class:`Run` and never import the pipeline; everything here is computed once per run and read
+from here (the class list, the train and test indexes, the teacher location).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from . import storage
+from .assets import assets_root, is_named_teacher, resolve
+from .config import RunConfig
+from .errors import UserValueError
+
+
+class Run:
+    """Resolved inputs of one run, shared by the stages.
+
+    Attributes:
+        cfg: the validated config.
+        dir: the run directory (local path or URI).
+        root: the assets root; ``train_src`` / ``test_src`` / ``vae_path`` / ``teacher_path``: resolved locations
+            (``teacher_path`` is None for a library teacher ``timm:``/``torchvision:`` or a teacher trained here).
+    """
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.dir = storage.normalize(cfg.output_dir)  # a local path or a URI (s3://, gs://)
+        storage.resolve(self.dir, field="output_dir")  # an unsupported scheme fails here, naming the field
+        self.root = assets_root(cfg.assets_root)
+        self.train_src = resolve(cfg.data.train, self.root, "data")
+        self.test_src = resolve(cfg.data.test, self.root, "data") if cfg.data.test else None
+        self.vae_path = resolve(cfg.encode.vae, self.root, "model")
+        # A library teacher (timm:/torchvision:) is no file: its weights come from the library's cache or download.
+        ref = cfg.train.teacher
+        self.teacher_path = resolve(ref, self.root, "data") if ref and not is_named_teacher(ref) else None
+        self._train_index: pa.Table | None = None
+        self._test_index: pa.Table | None = None
+        self.classes: list[str] | None = None
+
+    @property
+    def train_index(self) -> pa.Table:
+        """The train split's index (``id``, ``label``, image reference), listed once; sets :attr:`classes`."""
+        if self._train_index is None:
+            from .data import list_split
+
+            self._train_index, self.classes = list_split(self.train_src, self.cfg.data, self.cfg.data.max_per_class)
+        return self._train_index
+
+    @property
+    def test_index(self) -> pa.Table:
+        """The test split's index with labels in the train split's class order (``data.max_test_per_class``).
+
+        Raises:
+            UserValueError: ``data.test`` is not set.
+        """
+        if self._test_index is None:
+            from .data import list_split
+
+            self.require_test()
+            _ = self.train_index  # the class list the test labels must follow
+            self._test_index, _ = list_split(self.test_src, self.cfg.data, self.cfg.data.max_test_per_class)
+        return self._test_index
+
+    def require_test(self) -> None:
+        if self.test_src is None:
+            raise UserValueError("data.test is not set: students and metrics need a real test split to be "
+                                 "evaluated on; set data.test to a Parquet file or ImageFolder")
+
+    @property
+    def all_classes(self) -> list[str]:
+        """Class names of the whole dataset before ``data.class_subset`` (a checkpoint teacher's logit order)."""
+        from .data import load_classes
+
+        _ = self.train_index
+        return load_classes(self.cfg.data, self.train_src) or self.classes
+
+    def prepare(self) -> None:
+        """Create the run directory with the resolved config, versions and class mapping.
+
+        Raises:
+            UserValueError: a class has fewer images than IPC and ``quantize.small_class`` is ``error``.
+        """
+        from .config import dump_config
+        from .results import versions
+
+        storage.check_writable(self.dir, "output_dir")
+        storage.write_text(storage.join(self.dir, "config.yaml"), dump_config(self.cfg))
+        storage.write_json(storage.join(self.dir, "versions.json"), versions())
+        counts = np.bincount(self.train_index.column("label").to_numpy(), minlength=len(self.classes))
+        small = [f"{self.classes[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < self.cfg.quantize.ipc)]
+        if small and self.cfg.quantize.small_class == "error":  # fail before hours of encoding, not after
+            raise UserValueError(f"classes with fewer images than quantize.ipc={self.cfg.quantize.ipc}: "
+                                 f"{', '.join(small[:10])}; lower ipc or set quantize.small_class=shrink")
+        storage.write_json(storage.join(self.dir, "classes.json"), self.classes, indent=1)
