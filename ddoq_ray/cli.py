@@ -112,7 +112,7 @@ def _matrix(cfg, archs: list[str]) -> int:
     if run.test_src is None:
         raise ValueError("data.test is not set: students need a real test split to be evaluated on")
     init_ray(cfg.ray)
-    test_index, _ = list_split(run.test_src, cfg.data, cfg.data.max_test_per_class)
+    test_index, _ = list_split(run.test_src, cfg.data, cfg.data.max_test_per_class, train=run.train_src)
     all_classes = load_classes(cfg.data, run.train_src) or run.classes
     table = run_matrix(cfg, run.dir, run.train_index, test_index, run.classes, all_classes, run.teacher_path, archs)
     print()

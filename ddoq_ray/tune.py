@@ -341,7 +341,7 @@ def validation_set(cfg: RunConfig, run, tc: TuneConfig) -> tuple[dict, str]:
     if tc.val_split == "test":
         log.warning("tune: validating on the TEST split (tune.val_split=test): the tuned accuracy is optimistic; "
                     "use val_split=train_holdout for an unbiased choice")
-        idx, _ = list_split(run.test_src, cfg.data, tc.val_per_class)
+        idx, _ = list_split(run.test_src, cfg.data, tc.val_per_class, train=run.train_src)
         return load_arrays(idx, cfg.data.image_column, size), f"test split, first {tc.val_per_class} per class"
     full, _ = list_split(run.train_src, cfg.data, None)
     seen = set(scan(stage_path(run.dir, "encode"), columns=["id"]).column("id").to_pylist())
@@ -397,7 +397,7 @@ def run_tune(cfg: RunConfig) -> dict:
     val, val_src = validation_set(cfg, run, tc)
     test = None
     if run.test_src is not None:
-        test_index, _ = list_split(run.test_src, cfg.data, cfg.data.max_test_per_class)
+        test_index, _ = list_split(run.test_src, cfg.data, cfg.data.max_test_per_class, train=run.train_src)
         test = load_arrays(test_index, cfg.data.image_column, size)
     elif tc.report_test:
         log.warning("tune: data.test is not set; no test top-1")
