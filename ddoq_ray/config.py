@@ -95,6 +95,15 @@ class DecodeConfig(_Section):
     negative_prompt: str = "cartoon, anime, painting"
     strength: float = Field(0.7, description="Noise level in [0, 1]: int(steps*strength) steps run; 0 = VAE decode.")
     guidance_scale: float = Field(8.0, description="Classifier-free guidance (>= 0; <= 1 disables CFG).")
+    guidance_channels: Literal["all", "first3"] = Field(
+        "all", description="dit: latent channels CFG guides. all: every channel (standard CFG, diffusers DiTPipeline); "
+                           "first3: channels 0-2 only, the 4th keeps the conditional prediction, as the original DiT "
+                           "sampler's forward_with_cfg (and the Minimax baseline) does."
+    )
+    allow_numeric_prompts: bool = Field(
+        False, description="sd_img2img: allow prompts from bare label numbers ('a photo of a 3') when the data has "
+                           "no class names; off: such a run is refused until data.classes names the classes."
+    )
     num_inference_steps: int = Field(50, gt=0, description="Scheduler steps for strength 1.")
     scheduler: str | None = Field(None, description="diffusers scheduler class name (e.g. DDIMScheduler); "
                                                     "None: the checkpoint's own.")
@@ -144,6 +153,9 @@ class DecodeConfig(_Section):
     def _needs_model(self):
         if self.mode != "vae" and not self.model:
             raise ValueError(f"decode.mode={self.mode!r} needs decode.model (a pipeline hub id or folder)")
+        if self.guidance_channels != "all" and self.mode != "dit":
+            raise ValueError(f"decode.guidance_channels={self.guidance_channels!r} applies to mode dit only "
+                             f"(mode {self.mode!r} guides every channel); remove it or set it to 'all'")
         return self
 
 

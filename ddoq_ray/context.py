@@ -61,7 +61,9 @@ class Run:
 
             self.require_test()
             _ = self.train_index  # the class list the test labels must follow
-            self._test_index, _ = list_split(self.test_src, self.cfg.data, self.cfg.data.max_test_per_class)
+            # Test labels are mapped to the train split's classes by name (a missing or extra class is an error).
+            self._test_index, _ = list_split(self.test_src, self.cfg.data, self.cfg.data.max_test_per_class,
+                                             train=self.train_src)
         return self._test_index
 
     def require_test(self) -> None:
@@ -72,10 +74,9 @@ class Run:
     @property
     def all_classes(self) -> list[str]:
         """Class names of the whole dataset before ``data.class_subset`` (a checkpoint teacher's logit order)."""
-        from .data import load_classes
+        from .data import split_classes
 
-        _ = self.train_index
-        return load_classes(self.cfg.data, self.train_src) or self.classes
+        return split_classes(self.train_src, self.cfg.data)
 
     def prepare(self) -> None:
         """Create the run directory with the resolved config, versions and class mapping.
@@ -94,4 +95,8 @@ class Run:
         if small and self.cfg.quantize.small_class == "error":  # fail before hours of encoding, not after
             raise UserValueError(f"classes with fewer images than quantize.ipc={self.cfg.quantize.ipc}: "
                                  f"{', '.join(small[:10])}; lower ipc or set quantize.small_class=shrink")
+        if self.cfg.decode.mode == "sd_img2img":  # class names become prompts: refuse bare numbers before encoding
+            from .decode import check_prompt_names
+
+            check_prompt_names(self.classes, self.cfg.decode.allow_numeric_prompts)
         storage.write_json(storage.join(self.dir, "classes.json"), self.classes, indent=1)

@@ -9,6 +9,10 @@ Supported inputs
 - Parquet (file, folder of files, or URI): a binary/struct ``image`` column (raw bytes, or HF ``{"bytes": ...}``),
   an integer ``label`` column, and optionally ``id``/``filename`` for stable row ids.
 - ImageFolder: ``root/<class name>/**/*.{jpg,jpeg,png,bmp,webp,gif}``; classes = sorted folder names.
+Class names (:func:`load_classes`): ``data.classes``, else ImageFolder folder names, else ``classes.json`` beside
+the split, else the Hugging Face ``ClassLabel`` names in the Parquet schema metadata, else none (labels only).
+A test split (``list_split(..., train=...)``) is matched to the train split by class name, so its labels are the
+train split's indices even when a class folder is missing, extra or ordered differently.
 Row ids default to the ``filename`` column (Parquet) or the path relative to the root (ImageFolder); without
 either, ``<file name>:<row>`` is used.
 """
@@ -174,10 +178,36 @@ def _uri_class_folders(root: str) -> list[str]:
     return sorted({r.split("/", 1)[0] for r, _ in storage.walk_files(root) if "/" in r and not r.startswith(".")})
 
 
-def load_classes(dcfg: DataConfig, source: str) -> list[str] | None:
-    """Class names (index = label) from config, ``classes.json`` beside the split, or ImageFolder folders.
+def _hf_class_names(source: str, label_column: str) -> list[str] | None:
+    """``ClassLabel`` names of ``label_column`` from the ``huggingface`` schema metadata that the HF ``datasets``
+    library writes into Parquet files (``{"info": {"features": {<col>: {"_type": "ClassLabel", "names": [...]}}}}``,
+    datasets ``Features.to_dict``); None when absent."""
+    try:
+        fs, path = storage.resolve(_parquet_files(source)[0], field="data")
+        meta = pq.read_schema(path, filesystem=fs).metadata or {}
+    except (DataError, OSError, pa.ArrowException):  # not there (yet): list_split reports it with its columns
+        return None
+    if b"huggingface" not in meta:
+        return None
+    try:
+        feature = json.loads(meta[b"huggingface"])["info"]["features"][label_column]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+    names = feature.get("names") if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return names
 
-    ``source`` and a ``data.classes`` file may be local paths or URIs.
+
+def load_classes(dcfg: DataConfig, source: str) -> list[str] | None:
+    """Class names (index = label) of a split, or None when it only has label numbers.
+
+    In order: ``data.classes`` (a list, or a JSON file), ImageFolder folder names, ``classes.json`` beside the split
+    (a list, ``{"0": name}`` or ``{name: 0}``), the Hugging Face ``ClassLabel`` names in the Parquet schema metadata
+    of ``data.label_column``. ``source`` and a ``data.classes`` file may be local paths or URIs.
+
+    Raises:
+        DataError: a class-names file that cannot be read or is not a list of strings.
     """
     if isinstance(dcfg.classes, list):
         return list(dcfg.classes)
@@ -192,7 +222,7 @@ def load_classes(dcfg: DataConfig, source: str) -> list[str] | None:
             guess = str((src if src.is_dir() else src.parent) / "classes.json")
         path = guess if storage.is_file(guess) else None
     if path is None:
-        return None
+        return _hf_class_names(source, dcfg.label_column)
     try:
         names = storage.read_json(path)
     except (OSError, json.JSONDecodeError) as e:
@@ -207,15 +237,69 @@ def load_classes(dcfg: DataConfig, source: str) -> list[str] | None:
     return names
 
 
-def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None) -> tuple[pa.Table, list[str]]:
+def split_classes(source: str, dcfg: DataConfig) -> list[str]:
+    """All class names of a split in label order (before ``class_subset``): :func:`load_classes`, or ``"0"``,
+    ``"1"``, ... up to the largest label of a Parquet split without names."""
+    classes = load_classes(dcfg, source)
+    if classes is not None:
+        return classes
+    top = -1
+    for f in _parquet_files(source):
+        fs, path = storage.resolve(f, field="data")
+        labels = pq.read_table(path, filesystem=fs, columns=[dcfg.label_column]).column(dcfg.label_column)
+        top = max(top, pc.max(labels).as_py() if len(labels) else -1)
+    return [str(i) for i in range(int(top) + 1)]
+
+
+def to_train_labels(orig: np.ndarray, classes: list[str], named: bool, train_classes: list[str], source: str,
+                    train: str) -> np.ndarray:
+    """A test split's labels as the train split's label indices, matched by class name.
+
+    Args:
+        orig: int64 ``[n]`` labels in the split's own class order (index into ``classes``).
+        classes: the split's own class names; ``named``: whether they are real names (False: the split has labels
+            only, which are then taken to be the train split's labels).
+        train_classes: :func:`split_classes` of the train split at ``train``.
+    Returns:
+        int64 ``[n]`` labels indexing ``train_classes``.
+    Raises:
+        DataError: a test class whose name is not a train class (naming it and both locations), labels beyond the
+            train classes, or duplicate train class names.
+    """
+    if not named:  # labels only: nothing to match by name, so the label numbers are the train split's
+        if len(orig) and orig.max() >= len(train_classes):
+            raise DataError(f"{source}: labels up to {orig.max()} but the train split {train} has "
+                            f"{len(train_classes)} classes; give this split its own classes.json (names), or fix "
+                            "its labels")
+        return orig
+    if classes == train_classes:
+        return orig
+    extra = [c for c in classes if c not in train_classes]
+    if extra:
+        raise DataError(f"{source}: classes {extra[:10]} are not classes of the train split {train}; remove them "
+                        "from this split or rename them to the train split's class names")
+    if len(set(train_classes)) != len(train_classes):
+        raise DataError(f"{train}: duplicate class names; test labels cannot be matched to train labels by name")
+    pos = {c: i for i, c in enumerate(train_classes)}
+    return np.array([pos[c] for c in classes], dtype=np.int64)[orig]
+
+
+def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None,
+               train: str | None = None) -> tuple[pa.Table, list[str]]:
     """Index a split without decoding images.
 
+    Args:
+        train: for a test split, the train split's location: the split's classes are matched to the train split's
+            by name (:func:`to_train_labels`), so ``orig_label`` / ``label`` are train label indices and
+            ``classes`` are train class names. A train class missing from this split is an error (its accuracy
+            would be undefined and top-1 silently over fewer classes), unless ``class_subset`` leaves it out.
     Returns:
         ``(index, classes)``: ``index`` has columns ``id`` (string), ``label`` (int64, remapped to
         0..C-1 when ``class_subset`` is set), ``orig_label`` (int64), ``file`` (string), ``row`` (int64; -1 for
         ImageFolder); ``classes`` lists the kept class names in label order.
     Raises:
-        DataError: missing columns, null/out-of-range labels, duplicate ids, empty split.
+        DataError: missing columns, null/out-of-range labels, duplicate ids, empty split, a class with no images;
+            with ``train``: a class not in the train split, a train class missing here.
     """
     fmt = detect_format(source, dcfg.format)
     classes = load_classes(dcfg, source)
@@ -277,7 +361,13 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None) 
     n_classes = len(classes) if classes else int(orig.max()) + 1
     if orig.min() < 0 or orig.max() >= n_classes:
         raise DataError(f"{source}: labels span [{orig.min()}, {orig.max()}] but there are {n_classes} classes")
+    named = classes is not None
     classes = classes or [str(i) for i in range(n_classes)]
+    if train is not None:
+        train_classes = split_classes(train, dcfg)
+        orig = to_train_labels(orig, classes, named, train_classes, source, train)
+        index = index.set_column(index.schema.get_field_index("orig_label"), "orig_label", pa.array(orig))
+        classes, n_classes = train_classes, len(train_classes)
     keep_labels = dcfg.class_subset if dcfg.class_subset is not None else list(range(n_classes))
     bad = [c for c in keep_labels if not 0 <= c < n_classes]
     if bad:
@@ -294,7 +384,8 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None) 
     counts = np.bincount(new[mask], minlength=len(keep_labels))
     if (counts == 0).any():
         empty = [f"{classes[keep_labels[c]]!r} (label {keep_labels[c]})" for c in np.flatnonzero(counts == 0)]
-        raise DataError(f"{source}: classes with no images: {', '.join(empty[:10])}; add images or leave them out "
+        what = f"train classes missing from this split (train: {train})" if train else "classes with no images"
+        raise DataError(f"{source}: {what}: {', '.join(empty[:10])}; add images or leave them out "
                         "with data.class_subset")
     meta = index.schema.metadata
     index = index.filter(pa.array(mask)).append_column("label", pa.array(new[mask]))

@@ -34,7 +34,7 @@ from PIL import Image
 
 from . import storage
 from .artifacts.latents import LatentMismatchError
-from .config import DecodeConfig, RunConfig
+from .config import ConfigError, DecodeConfig, RunConfig
 from .diffusion import DiffusionSettings, image_seed, kept_steps, load_decoder
 
 log = logging.getLogger("ddoq_ray")
@@ -60,7 +60,7 @@ def to_png(image: np.ndarray, size: int | None = None) -> bytes:
 
 def settings_of(dcfg: DecodeConfig) -> DiffusionSettings:
     return DiffusionSettings(dcfg.mode, dcfg.strength, dcfg.guidance_scale, dcfg.num_inference_steps, dcfg.scheduler,
-                             dcfg.prompt_template, dcfg.negative_prompt)
+                             dcfg.prompt_template, dcfg.negative_prompt, dcfg.guidance_channels)
 
 
 def model_ref(cfg: RunConfig) -> str:
@@ -85,19 +85,44 @@ def check_vae_compat(cfg: RunConfig) -> None:
 
 
 def prompt_names(classes: list[str]) -> list[str]:
-    """Class names for prompts: ImageNet WNIDs become their synonyms (``n01440764`` -> ``tench, Tinca tinca``)."""
+    """Class names for prompts: ImageNet WNIDs become their synonyms (``n01440764`` -> ``tench, Tinca tinca``; the
+    two ``crane`` classes ``crane (bird)`` / ``crane (machine)``, :func:`ddoq_ray.classlists.imagenet_names`)."""
     from .classlists import imagenet_names
 
     names = imagenet_names()
     return [names.get(c, c) for c in classes]
 
 
-def class_id_map(class_ids: list[int] | str | None, classes: list[str]) -> list[int] | None:
+def check_prompt_names(classes: list[str], allow_numeric: bool = False) -> None:
+    """Refuse SD prompts made of bare label numbers (``"a photo of a 3"``): the data had no class names.
+
+    Raises:
+        ConfigError: some class names are digits only and ``decode.allow_numeric_prompts`` is off; the message
+            names ``data.classes``.
+    """
+    numeric = [c for c in classes if c.strip().isdigit()]
+    if numeric and not allow_numeric:
+        raise ConfigError(
+            f"decode.mode='sd_img2img' would prompt with bare label numbers ({', '.join(map(repr, numeric[:5]))}"
+            f"{' ...' if len(numeric) > 5 else ''}): the data has no class names (no data.classes, no classes.json "
+            "beside the split, no Hugging Face ClassLabel names in its Parquet metadata); set data.classes to the "
+            "class names (a list in label order, or a classes.json path), or decode.allow_numeric_prompts=true to "
+            "prompt with the numbers anyway")
+
+
+def class_id_map(class_ids: list[int] | str | None, classes: list[str],
+                 class_subset: list[int] | None = None) -> list[int] | None:
     """Model label id per run label (DiT), or None for identity.
 
-    ``None``: when every class name is an ImageNet-1K WNID, its ImageNet index; else identity. A list is indexed by
-    run label. A JSON file holds such a list, or a dict keyed by run label (``"0"``) or class name (e.g. a WNID).
+    ``None``: when every class name is an ImageNet-1K WNID, its ImageNet index; else the class's label in the
+    dataset (``class_subset[c]`` when ``data.class_subset`` keeps some classes, identity without one), i.e. the
+    dataset's label order is taken to be the model's (an ImageNet Parquet with names such as ``tench``). A list is
+    indexed by run label. A JSON file holds such a list, or a dict keyed by run label (``"0"``) or class name (e.g.
+    a WNID).
 
+    Args:
+        classes: the run's class names in run-label order (after ``class_subset``).
+        class_subset: ``data.class_subset``: the dataset label of each run label.
     Raises:
         ValueError: wrong length, or a class missing from a dict.
     """
@@ -107,6 +132,11 @@ def class_id_map(class_ids: list[int] | str | None, classes: list[str]) -> list[
         index = imagenet_index()
         if classes and all(is_wnid(c) and c in index for c in classes):
             return [index[c] for c in classes]
+        if class_subset is not None:
+            if len(class_subset) != len(classes):
+                raise ValueError(f"data.class_subset keeps {len(class_subset)} labels but there are {len(classes)} "
+                                 "run classes")
+            return [int(c) for c in class_subset]
         return None
     ids = class_ids
     if isinstance(class_ids, str):
@@ -199,6 +229,7 @@ def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path
         vae_path: the resolved ``encode.vae`` (the decoder in ``vae`` mode).
     Raises:
         LatentMismatchError: encode VAE or latent shape does not fit the decode model.
+        ConfigError: ``sd_img2img`` with bare label numbers as class names (:func:`check_prompt_names`).
     """
     import ray
     from tqdm.auto import tqdm
@@ -208,6 +239,8 @@ def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path
 
     dcfg = cfg.decode
     check_vae_compat(cfg)
+    if dcfg.mode == "sd_img2img":
+        check_prompt_names(classes, dcfg.allow_numeric_prompts)
     model_path = vae_path if dcfg.mode == "vae" else resolve(str(dcfg.model), assets_root(cfg.assets_root), "model")
     shape = tuple(centroids.schema.field("centroid").type.shape)
     check_model_shape(dcfg.mode, model_path, model_ref(cfg), shape)
@@ -216,7 +249,7 @@ def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path
     threads = None if device == "cuda" else max(1, round(dcfg.num_cpus_per_actor))
     n_copy = dcfg.images_per_centroid
     table = expand_copies(centroids, n_copy, dcfg.seed)
-    labels_map = class_id_map(dcfg.class_ids, classes) if dcfg.mode == "dit" else None
+    labels_map = class_id_map(dcfg.class_ids, classes, cfg.data.class_subset) if dcfg.mode == "dit" else None
     log.info("decode: %d centroids x %d -> images, mode %s with %s on %s", centroids.num_rows, n_copy, dcfg.mode,
              model_path, device)
     ds = ray.data.from_arrow(table).map_batches(
@@ -272,7 +305,7 @@ def validate_decode(cfg: RunConfig, model_path: str | None, encode_shape: tuple[
         classes: the run's class names when known (for ``class_ids``).
     Raises:
         LatentMismatchError, ValueError: an invalid combination, with a message naming the fields.
-    """
+        ConfigError: ``sd_img2img`` prompts from bare label numbers (:func:`check_prompt_names`)."""
     d, notes = cfg.decode, []
     check_vae_compat(cfg)
     if d.mode == "vae":
@@ -287,14 +320,17 @@ def validate_decode(cfg: RunConfig, model_path: str | None, encode_shape: tuple[
     notes.append(f"decode: {d.mode} with {d.model!r}: {kept_steps(d.num_inference_steps, d.strength)} of "
                  f"{d.num_inference_steps} steps at strength {d.strength}, guidance {d.guidance_scale}, "
                  f"{d.images_per_centroid} image(s) per centroid, output {d.output_size or 'native'} px")
+    if d.mode == "sd_img2img" and classes is not None:
+        check_prompt_names(classes, d.allow_numeric_prompts)
     if d.mode == "dit" and classes is not None:
-        ids = class_id_map(d.class_ids, classes)
+        ids = class_id_map(d.class_ids, classes, cfg.data.class_subset)
         more = " ..." if ids and len(ids) > 10 else ""
         notes.append(f"decode: model class ids {'identity' if ids is None else ids[:10]}{more}")
     elif d.mode == "dit" and isinstance(d.class_ids, list):
         notes.append(f"decode: {len(d.class_ids)} class ids given; class count unknown until the data is present")
     elif d.mode == "dit":
-        notes.append("decode: class ids from the data's class names (ImageNet WNIDs -> ImageNet index; else identity)")
+        notes.append("decode: class ids from the data's class names (ImageNet WNIDs -> ImageNet index; else the "
+                     "dataset label, data.class_subset[c] with a subset)")
     return notes
 
 

@@ -3,13 +3,16 @@
 DDOQ §3 / D4M Alg. 1 (lines 11-15): ``x_k = D(U_t(z_k, emb))``: the centroid ``z_k`` (SD-scaled latent space, see
 :mod:`ddoq_ray.vae`) is noised to the first kept timestep of a ``num_inference_steps`` schedule with
 ``scheduler.add_noise``, the last ``int(steps * strength)`` steps are denoised with classifier-free guidance, and
-the pipeline's own VAE decodes the result. Strength 0 runs no step and is exactly the plain VAE decode.
+the pipeline's own VAE decodes the result. Strength 0 runs no step and is exactly the plain VAE decode. The kept
+timesteps are those of diffusers' img2img ``get_timesteps`` (:func:`img2img_timesteps`: ``scheduler.order``
+entries per step, and ``set_begin_index``), so second-order schedulers (Heun, KDPM2) start at the right place.
 
 - ``sd_img2img``: stock ``StableDiffusionImg2ImgPipeline``; 4-channel tensors passed as ``image`` are taken as
   already-scaled latents (``prepare_latents``), so no patched diffusers (as D4M needed) is required.
 - ``dit``: a diffusers DiT pipeline (``DiTPipeline`` has no ``latents``/``strength`` argument), so the partial
   denoising loop is written here: the null class for CFG is ``transformer.config.num_embeds_ada_norm`` (1000 for
   ImageNet DiTs; the stock pipeline hard-codes 1000), and learned-sigma channels are split off before ``step``.
+  ``guidance_channels`` chooses which latent channels CFG guides (:func:`guide`).
 - ``vae``: the VAE decoder alone (a VAE folder, or a pipeline folder with ``vae/``).
 
 Every image has its own seed (one CPU ``torch.Generator`` per image), so its noise does not depend on batching.
@@ -26,6 +29,7 @@ import torch
 from .vae import LoadedVAE, decode_latents, load_vae
 
 MODES = ("vae", "sd_img2img", "dit")
+GUIDANCE_CHANNELS = ("all", "first3")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class DiffusionSettings:
     scheduler: str | None = None
     prompt_template: str = "a photo of a {name}"
     negative_prompt: str = "cartoon, anime, painting"
+    guidance_channels: str = "all"
 
 
 def image_seed(seed: int, label: int, k: int, copy: int) -> int:
@@ -50,6 +55,45 @@ def image_seed(seed: int, label: int, k: int, copy: int) -> int:
 def kept_steps(num_inference_steps: int, strength: float) -> int:
     """Denoising steps that run: ``min(int(steps * strength), steps)`` (img2img ``get_timesteps``; 50·0.7 → 35)."""
     return min(int(num_inference_steps * strength), num_inference_steps)
+
+
+def img2img_timesteps(scheduler, num_inference_steps: int, strength: float) -> torch.Tensor:
+    """The timesteps that run from ``strength``, after ``scheduler.set_timesteps(num_inference_steps)``.
+
+    Same as diffusers' ``StableDiffusionImg2ImgPipeline.get_timesteps``: ``t_start = steps - kept_steps``;
+    ``scheduler.timesteps[t_start * scheduler.order:]`` (a second-order scheduler such as Heun or KDPM2 lists
+    ``order`` entries per step), and ``scheduler.set_begin_index(t_start * scheduler.order)`` where the scheduler
+    has it (its step index and ``add_noise`` then start there instead of searching the timestep). For first-order
+    schedulers (DDIM, DDPM, Euler) this is ``timesteps[steps - kept_steps:]``.
+
+    Returns:
+        1-D tensor of timesteps (the scheduler's dtype), ``kept_steps * order`` long (Heun: one fewer per schedule).
+    """
+    t_start = max(num_inference_steps - kept_steps(num_inference_steps, strength), 0)
+    begin = t_start * getattr(scheduler, "order", 1)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(begin)
+    return scheduler.timesteps[begin:]
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, channels: str = "all") -> torch.Tensor:
+    """Classifier-free guidance of a noise prediction ``[n, C, h, w]``: ``uncond + scale * (cond - uncond)``.
+
+    ``channels="all"`` guides every latent channel (the standard CFG of Ho & Salimans 2022, and diffusers'
+    ``DiTPipeline``). ``"first3"`` guides only channels 0-2 and keeps the conditional prediction in the others, as
+    the original DiT sampler does (facebookresearch/DiT ``models.py`` ``forward_with_cfg``: ``eps, rest =
+    model_out[:, :3], model_out[:, 3:]``, "for exact reproducibility", and ``sample.py`` keeps the conditional half),
+    which the Minimax baseline uses.
+
+    Raises:
+        ValueError: unknown ``channels``.
+    """
+    guided = uncond + scale * (cond - uncond)
+    if channels == "all":
+        return guided
+    if channels == "first3":
+        return torch.cat([guided[:, :3], cond[:, 3:]], dim=1)
+    raise ValueError(f"decode.guidance_channels={channels!r}; choose one of {', '.join(GUIDANCE_CHANNELS)}")
 
 
 def build_scheduler(name: str, config):
@@ -152,7 +196,7 @@ class DiTDecoder(Decoder):
         s, sch, n = self.settings, self.scheduler, len(labels)
         dtype = self.transformer.dtype
         sch.set_timesteps(s.num_inference_steps)  # before every loop: schedulers keep state
-        ts = sch.timesteps[s.num_inference_steps - kept_steps(s.num_inference_steps, s.strength):]
+        ts = img2img_timesteps(sch, s.num_inference_steps, s.strength)
         z = sch.add_noise(z0, _noise(tuple(z0.shape[1:]), seeds), ts[:1].repeat(n)).to(self.device, dtype)
         y = torch.tensor([self.model_labels[c] for c in labels], device=self.device)
         cfg = s.guidance_scale > 1
@@ -164,8 +208,7 @@ class DiTDecoder(Decoder):
             out = self.transformer(x, timestep=t.expand(len(x)).to(self.device), class_labels=y).sample
             eps = out[:, : self.channels]  # drop learned-sigma channels (out_channels = 2*in_channels)
             if cfg:
-                cond, uncond = eps.chunk(2)
-                eps = uncond + s.guidance_scale * (cond - uncond)
+                eps = guide(*eps.chunk(2), s.guidance_scale, s.guidance_channels)
             z = sch.step(eps, t, z).prev_sample
         return z
 

@@ -220,7 +220,7 @@ def metrics_stage(run, out: str, summary: dict) -> None:
 
     cfg, size = run.cfg, run.cfg.train.image_size
     run.require_test()
-    test_index, _ = list_split(run.test_src, cfg.data, cfg.metrics.max_real_per_class)
+    test_index, _ = list_split(run.test_src, cfg.data, cfg.metrics.max_real_per_class, train=run.train_src)
     real = load_arrays(test_index, cfg.data.image_column, size)["images"]
     syn = load_synthetic(stage_path(run.dir, "decode"), size)
     seed = cfg.train.seeds[0] if cfg.train.seeds else 0

@@ -99,7 +99,7 @@ REGISTRY: dict[str, Stage] = {s.name: s for s in (
           doc="per-class k-means: centroids, cell masses, W2"),
     Stage("subsets", "subsets:subsets_stage", ("encode",), _subsets_inputs,
           doc="the random real subset of every student seed, and its latent W2"),
-    Stage("decode", "decode:decode_stage", ("quantize",), _section("decode"),
+    Stage("decode", "decode:decode_stage", ("quantize",), _section("decode", {"allow_numeric_prompts"}),
           doc="centroids -> images (VAE, SD img2img or DiT)"),
     Stage("teacher", "teacher:teacher_stage", (), _teacher_inputs,
           doc="the soft-label teacher (checkpoint, library model or trained here) and its test top-1"),

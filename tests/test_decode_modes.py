@@ -14,10 +14,10 @@ from conftest import REPO
 
 from ddoq_ray.artifacts.latents import to_tensor_array
 from ddoq_ray.artifacts.synthetic import load_synthetic
-from ddoq_ray.classlists import SUBSETS, imagenet_classes, imagenet_index, subset_wnids
-from ddoq_ray.config import RunConfig
-from ddoq_ray.decode import class_id_map, run_decode
-from ddoq_ray.diffusion import DiffusionSettings, image_seed, load_decoder
+from ddoq_ray.classlists import SUBSETS, imagenet_classes, imagenet_index, imagenet_names, subset_wnids
+from ddoq_ray.config import ConfigError, RunConfig
+from ddoq_ray.decode import class_id_map, prompt_names, run_decode, validate_decode
+from ddoq_ray.diffusion import DiffusionSettings, guide, image_seed, img2img_timesteps, load_decoder
 from ddoq_ray.vae import decode_latents, load_vae
 
 IMAGENET_CONFIGS = ["imagenet1k_sd_ipc10", "imagenet1k_dit_ipc10", "imagenette_dit_ipc10", "imagewoof_dit_ipc10"]
@@ -134,6 +134,80 @@ def test_class_id_map(tmp_path):
     assert class_id_map(str(tmp_path / "m.json"), ["a", "b"]) == [9, 3]
     with pytest.raises(ValueError, match="1 ids for 2 classes"):
         class_id_map([5], ["a", "b"])
+
+
+def test_class_subset_with_plain_names_maps_to_the_original_model_ids():
+    # Imagenette-style subset of an ImageNet Parquet whose names are not WNIDs: run label c is model id subset[c].
+    assert class_id_map(None, ["tench", "English springer"], [0, 217]) == [0, 217]
+    assert class_id_map(None, ["n01440764", "n02102040"], [5, 6]) == [0, 217]  # WNIDs: by name, not by position
+    assert class_id_map(None, ["cat", "dog"]) is None and class_id_map([9, 3], ["a", "b"], [0, 1]) == [9, 3]
+    cfg = RunConfig.model_validate({"data": {"train": "unused", "class_subset": [0, 217]},
+                                    "encode": {"vae": "m"}, "decode": {"mode": "dit", "model": "m"}})
+    notes = validate_decode(cfg, None, None, ["tench", "English springer"])
+    assert "decode: model class ids [0, 217]" in notes
+
+
+def test_numeric_class_names_are_refused_as_sd_prompts(tmp_path):
+    doc = {"data": {"train": "unused"}, "encode": {"vae": "m"}, "decode": {"mode": "sd_img2img", "model": "m"}}
+    cfg = RunConfig.model_validate(doc)
+    with pytest.raises(ConfigError, match=r"bare label numbers \('0', '1'\).*set data.classes"):
+        validate_decode(cfg, None, None, ["0", "1"])
+    with pytest.raises(ConfigError, match="decode.allow_numeric_prompts=true"):  # before any model or Ray work
+        run_decode(cfg, _centroids((4, 8, 8)), ["0", "1"], "m", str(tmp_path), {})
+    assert validate_decode(cfg, None, None, ["cat", "dog"])  # real names pass
+    doc["decode"]["allow_numeric_prompts"] = True
+    assert validate_decode(RunConfig.model_validate(doc), None, None, ["0", "1"])
+
+
+def test_the_two_crane_prompts_differ():
+    assert prompt_names(["n02012849", "n03126707"]) == ["crane (bird)", "crane (machine)"]
+    assert len(set(imagenet_names().values())) == 1000  # every ImageNet-1K prompt name is distinct
+    assert dict(imagenet_classes())["n02012849"] == "crane"  # the shipped list stays the verbatim WordNet copy
+
+
+def test_heun_kept_timesteps_equal_diffusers_img2img(models):
+    from types import SimpleNamespace
+
+    from diffusers import DDIMScheduler, HeunDiscreteScheduler, StableDiffusionImg2ImgPipeline
+
+    s = DiffusionSettings(mode="dit", strength=0.7, guidance_scale=4.0, num_inference_steps=10,
+                          scheduler="HeunDiscreteScheduler")
+    dec = load_decoder(s, models["dit"])
+    seen, forward = [], dec.transformer.forward
+
+    def spy(x, timestep, class_labels):
+        seen.append(float(timestep[0]))
+        return forward(x, timestep=timestep, class_labels=class_labels)
+
+    dec.transformer.forward = spy
+    dec.decode(_latents("dit", n=1), [0], [1])
+    ref = HeunDiscreteScheduler.from_config(dec.scheduler.config)
+    ref.set_timesteps(10)
+    want, n_steps = StableDiffusionImg2ImgPipeline.get_timesteps(SimpleNamespace(scheduler=ref), 10, 0.7, "cpu")
+    assert n_steps == 7 and len(want) == 13  # Heun: 2 evaluations per step, one for the last
+    assert isinstance(dec.scheduler, HeunDiscreteScheduler)
+    assert seen == want.tolist() and dec.scheduler.begin_index == ref.begin_index == 6
+    d = DDIMScheduler(clip_sample=False, steps_offset=1)  # first-order: today's plain slice, results unchanged
+    d.set_timesteps(50)
+    assert img2img_timesteps(d, 50, 0.7).tolist() == d.timesteps[15:].tolist()
+
+
+def test_first3_guidance_changes_only_the_guided_channels(models):
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    full = guide(cond, uncond, 4.0)
+    torch.testing.assert_close(full, uncond + 4.0 * (cond - uncond), rtol=0, atol=0)
+    first3 = guide(cond, uncond, 4.0, "first3")
+    assert torch.equal(first3[:, :3], full[:, :3]) and torch.equal(first3[:, 3:], cond[:, 3:])
+    with pytest.raises(ValueError, match="guidance_channels"):
+        guide(cond, uncond, 4.0, "first2")
+    z = _latents("dit", n=1)
+    out = {ch: load_decoder(DiffusionSettings(mode="dit", strength=0.5, guidance_scale=4.0, guidance_channels=ch,
+                                              **FAST), models["dit"]).decode(z, [0], [1]) for ch in ("all", "first3")}
+    assert (out["all"] != out["first3"]).any()
+    with pytest.raises(ValueError, match="applies to mode dit only"):
+        RunConfig.model_validate({"data": {"train": "x"}, "decode": {"mode": "sd_img2img", "model": "m",
+                                                                     "guidance_channels": "first3"}})
 
 
 def test_classlists():

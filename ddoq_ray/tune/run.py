@@ -26,7 +26,7 @@ def validation_set(cfg: RunConfig, run, tc: TuneConfig) -> tuple[dict, str]:
     if tc.val_split == "test":
         log.warning("tune: validating on the TEST split (tune.val_split=test): the tuned accuracy is optimistic; "
                     "use val_split=train_holdout for an unbiased choice")
-        idx, _ = list_split(run.test_src, cfg.data, tc.val_per_class)
+        idx, _ = list_split(run.test_src, cfg.data, tc.val_per_class, train=run.train_src)
         return load_arrays(idx, cfg.data.image_column, size), f"test split, first {tc.val_per_class} per class"
     full, _ = list_split(run.train_src, cfg.data, None)
     seen = set(scan(stage_path(run.dir, "encode"), columns=["id"]).column("id").to_pylist())
