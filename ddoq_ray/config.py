@@ -231,10 +231,6 @@ class TrainConfig(_Section):
         return self.lr if self.lr is not None else default_lr(self.student)
 
 
-_SAMPLERS = {"uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3, "randint": 2, "lograndint": 2,
-             "qrandint": 3, "randn": 2, "choice": None, "grid": None}
-
-
 class TuneConfig(_Section):
     """``ddoq-ray tune``: a Ray Tune sweep over ``train`` fields on one distilled set (see ddoq_ray/tune/).
 
@@ -271,28 +267,15 @@ class TuneConfig(_Section):
     @field_validator("search_space")
     @classmethod
     def _space(cls, v: dict) -> dict:
-        for key, spec in v.items():
-            if key not in TrainConfig.model_fields:
-                raise ValueError(f"search_space key {key!r} is not a train field "
-                                 f"({', '.join(TrainConfig.model_fields)})")
-            if isinstance(spec, dict):
-                if len(spec) != 1 or next(iter(spec)) not in _SAMPLERS:
-                    raise ValueError(f"search_space.{key}: expected one of {{{', '.join(_SAMPLERS)}}}: [args], "
-                                     f"got {spec}")
-                kind, args = next(iter(spec.items()))
-                if not isinstance(args, list) or not args:
-                    raise ValueError(f"search_space.{key}.{kind}: expected a non-empty list, got {args!r}")
-                n = _SAMPLERS[kind]
-                if n is not None and len(args) != n:
-                    raise ValueError(f"search_space.{key}.{kind}: expected {n} numbers, got {args}")
-                values = args if kind in ("choice", "grid") else []
-            else:
-                values = [spec]
-            for val in values:
-                try:
-                    TrainConfig.model_validate({key: val})
-                except ValidationError as e:
-                    raise ValueError(f"search_space.{key}: value {val!r} invalid: {e.errors()[0]['msg']}") from e
+        from .samplers import check_space
+
+        def check_value(key: str, val: Any) -> None:
+            try:
+                TrainConfig.model_validate({key: val})
+            except ValidationError as e:
+                raise ValueError(e.errors()[0]["msg"]) from None
+
+        check_space(v, TrainConfig.model_fields, check_value)
         return v
 
 

@@ -30,6 +30,7 @@ from . import storage
 from .artifacts.latents import META, scan, to_tensor_array
 from .config import RunConfig
 from .data import decode_batch, read_split
+from .errors import UserValueError
 
 
 # torch/diffusers load lazily: quantize tasks import this module only to read latents (saves ~0.6 GB per worker).
@@ -65,7 +66,7 @@ def latent_shape(vae_path: str, kind: str, image_size: int) -> tuple[int, int, i
     blocks = cfg.get("encoder_block_out_channels" if kind == "tiny" else "block_out_channels", [64] * 4)
     f = 2 ** (len(blocks) - 1)
     if image_size % f:
-        raise ValueError(f"data.image_size={image_size} is not a multiple of the VAE's downsampling factor {f}")
+        raise UserValueError(f"data.image_size={image_size} is not a multiple of the VAE's downsampling factor {f}")
     return (int(cfg.get("latent_channels", 4)), image_size // f, image_size // f)
 
 

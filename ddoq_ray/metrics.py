@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import storage
+from .errors import UserValueError
 
 log = logging.getLogger("ddoq_ray")
 
@@ -105,7 +106,8 @@ class PenultimateFeatures(torch.nn.Module):
         self.model = model.eval()
         linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
         if not linears:
-            raise ValueError("feature extractor: the model has no nn.Linear head")
+            raise UserValueError("feature extractor: the model has no nn.Linear head; choose another "
+                                 "metrics.features architecture")
         self._feat: list[torch.Tensor] = []
         linears[-1].register_forward_pre_hook(lambda _m, inp: self._feat.append(inp[0]))
 
@@ -215,7 +217,6 @@ def metrics_stage(run, out: str, summary: dict) -> None:
     from .artifacts.methods import method_set, weight_scheme
     from .artifacts.synthetic import load_synthetic
     from .data import list_split, load_arrays
-    from .errors import UserValueError
     from .rundir import stage_path
 
     cfg, size = run.cfg, run.cfg.train.image_size

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from .. import storage as fsio
 from ..config import TrainConfig, TuneConfig
+from ..errors import UserRuntimeError, UserValueError
 from .space import concurrency, max_epochs, param_space
 from .trials import function_trial, torch_trainer_trial
 
@@ -48,7 +49,7 @@ def check_torch_trainer(tc: TuneConfig, wait_s: float = 3.0) -> None:
         if time.monotonic() >= deadline:
             break
         time.sleep(0.5)
-    raise RuntimeError(
+    raise UserRuntimeError(
         "tune.trainer=torch_trainer with ASHA (or tune.time_budget_s) needs the Ray dashboard: Ray Train frees the "
         "placement group of a trial that Tune stopped only through the Ray State API, otherwise the group leaks and "
         "later trials hang (ray-project/ray#54305). The State API did not answer "
@@ -88,7 +89,7 @@ def sweep(train: dict, val: dict, test: dict | None, spec: dict | None, tcfg: Tr
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     if tcfg.label_mode == "precomputed":
-        raise ValueError("tune: train.label_mode=precomputed is not swept (soft labels depend on the trial's "
+        raise UserValueError("tune: train.label_mode=precomputed is not swept (soft labels depend on the trial's "
                          "epochs); tune with online labels, then train the chosen config with precomputed ones")
     # Snapshots after every report are cheap here (small trials), but Tune warns when they take > 5 s on a busy box.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
