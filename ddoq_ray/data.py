@@ -9,6 +9,8 @@ Supported inputs
 - Parquet (file, folder of files, or URI): a binary/struct ``image`` column (raw bytes, or HF ``{"bytes": ...}``),
   an integer ``label`` column, and optionally ``id``/``filename`` for stable row ids.
 - ImageFolder: ``root/<class name>/**/*.{jpg,jpeg,png,bmp,webp,gif}``; classes = sorted folder names.
+- WebDataset shards, CIFAR-10/100 python batches, ``hf://datasets/<owner>/<name>`` and string labels:
+  :mod:`ddoq_ray.formats` (dispatched from :func:`detect_format`, :func:`list_split` and :func:`_read_bytes`).
 Row ids default to the ``filename`` column (Parquet) or the path relative to the root (ImageFolder); without
 either, ``<file name>:<row>`` is used.
 """
