@@ -255,7 +255,7 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None) 
                 raise DataError(f"{f}: {labels.null_count} rows have a null {dcfg.label_column!r}")
             ids = (pc.cast(t.column(id_col), pa.string()) if id_col
                    else pa.array([f"{storage.basename(f)}:{i}" for i in range(n)]))
-            if not pa.types.is_string(labels.type):  # string labels are mapped to classes below
+            if not (pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type)):  # mapped below
                 labels = pc.cast(labels, pa.int64())
             parts.append(pa.table({"id": ids, "orig_label": labels,
                                    "file": pa.array([os.fsencode(f)] * n, pa.binary()),
