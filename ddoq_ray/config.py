@@ -28,7 +28,10 @@ class DataConfig(_Section):
 
     train: str = Field(description="Train split: HF-style Parquet file/dir (image bytes + label) or ImageFolder root.")
     test: str | None = Field(None, description="Test split, same formats; students are evaluated on it.")
-    format: Literal["auto", "parquet", "imagefolder"] = "auto"
+    format: Literal["auto", "parquet", "imagefolder", "webdataset", "cifar"] = Field(
+        "auto", description="auto detects each; webdataset: .tar shards; cifar: CIFAR-10/100 python batches "
+                            "(ddoq_ray.formats). Any of them also behind hf://datasets/<owner>/<name>?split=..."
+    )
     classes: str | list[str] | None = Field(
         None, description="classes.json path or list of names (index = label). ImageFolder: sorted folder names."
     )

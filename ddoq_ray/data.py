@@ -9,6 +9,8 @@ Supported inputs
 - Parquet (file, folder of files, or URI): a binary/struct ``image`` column (raw bytes, or HF ``{"bytes": ...}``),
   an integer ``label`` column, and optionally ``id``/``filename`` for stable row ids.
 - ImageFolder: ``root/<class name>/**/*.{jpg,jpeg,png,bmp,webp,gif}``; classes = sorted folder names.
+- WebDataset shards, CIFAR-10/100 python batches, ``hf://datasets/<owner>/<name>`` and string labels:
+  :mod:`ddoq_ray.formats` (dispatched from :func:`detect_format`, :func:`list_split` and :func:`_read_bytes`).
 Class names (:func:`load_classes`): ``data.classes``, else ImageFolder folder names, else ``classes.json`` beside
 the split, else the Hugging Face ``ClassLabel`` names in the Parquet schema metadata, else none (labels only).
 A test split (``list_split(..., train=...)``) is matched to the train split by class name, so its labels are the
@@ -32,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
-from . import storage
+from . import formats, storage
 from .config import DataConfig
 from .errors import DdoqError
 
@@ -129,9 +131,13 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
 def detect_format(source: str, fmt: str = "auto") -> str:
     if fmt != "auto":
         return fmt
+    if formats.is_hf(source):  # hf://datasets/...: Parquet unless the snapshot holds WebDataset shards
+        return formats.detect(source) or "parquet"
     if storage.is_uri(source):
         if source.split("?", 1)[0].endswith(".parquet"):
             return "parquet"
+        if source.split("?", 1)[0].endswith(formats.TAR_SUFFIXES):
+            return "webdataset"
         if not storage.exists(source):
             raise DataError(f"{source}: not found")
         if storage.is_file(source) or any(r.endswith(".parquet") for r, _ in storage.walk_files(source)):
@@ -140,6 +146,9 @@ def detect_format(source: str, fmt: str = "auto") -> str:
     p = Path(source)
     if p.suffix == ".parquet" or (p.is_dir() and any(p.glob("*.parquet"))):
         return "parquet"
+    other = formats.detect(source)  # WebDataset shards, CIFAR python batches
+    if other:
+        return other
     if p.is_dir():
         return "imagefolder"
     raise DataError(f"{source}: not a Parquet file/folder or an ImageFolder root (set data.format explicitly)")
@@ -147,6 +156,8 @@ def detect_format(source: str, fmt: str = "auto") -> str:
 
 def _parquet_files(source: str) -> list[str]:
     """The Parquet files of a split (locations: local paths or URIs), sorted."""
+    if formats.is_hf(source):
+        return formats.hf_files(source)
     if storage.is_uri(source):
         if storage.is_file(source):
             return [source]
@@ -212,6 +223,9 @@ def load_classes(dcfg: DataConfig, source: str) -> list[str] | None:
     if isinstance(dcfg.classes, list):
         return list(dcfg.classes)
     path = dcfg.classes if isinstance(dcfg.classes, str) else None
+    if path is None and detect_format(source, dcfg.format) == "cifar":
+        return formats.cifar_classes(source, dcfg.label_column)
+    source = formats.local_source(source)
     if path is None:
         if detect_format(source, dcfg.format) == "imagefolder":
             return _uri_class_folders(source) if storage.is_uri(source) else _class_folders(Path(source))
@@ -303,7 +317,9 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None,
     """
     fmt = detect_format(source, dcfg.format)
     classes = load_classes(dcfg, source)
-    if fmt == "parquet":
+    if fmt in ("webdataset", "cifar"):
+        index = formats.list_index(fmt, source, dcfg.label_column)
+    elif fmt == "parquet":
         parts = []
         for f in _parquet_files(source):
             fs, fpath = storage.resolve(f, field="data")
@@ -323,7 +339,9 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None,
                 raise DataError(f"{f}: {labels.null_count} rows have a null {dcfg.label_column!r}")
             ids = (pc.cast(t.column(id_col), pa.string()) if id_col
                    else pa.array([f"{storage.basename(f)}:{i}" for i in range(n)]))
-            parts.append(pa.table({"id": ids, "orig_label": pc.cast(labels, pa.int64()),
+            if not (pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type)):  # mapped below
+                labels = pc.cast(labels, pa.int64())
+            parts.append(pa.table({"id": ids, "orig_label": labels,
                                    "file": pa.array([os.fsencode(f)] * n, pa.binary()),
                                    "row": pa.array(np.arange(n, dtype=np.int64))}))
         index = pa.concat_tables(parts)
@@ -355,6 +373,7 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None,
         index = pa.table({"id": pa.array(ids, pa.string()), "orig_label": pa.array(labels, pa.int64()),
                           "file": pa.array(files, pa.binary()), "row": pa.array([-1] * len(ids), pa.int64())})
         index = index.replace_schema_metadata({"ignored_files": json.dumps(ignored + stray)})
+    index, classes = formats.string_labels(index, classes, source)
     if index.num_rows == 0:
         raise DataError(f"{source}: split has no images")
     orig = index.column("orig_label").to_numpy()
@@ -440,6 +459,9 @@ def _read_bytes(index: pa.Table, image_column: str) -> list[bytes | None]:
         if rows[idx[0]] < 0:
             for i in idx:
                 out[i] = _read_file(files[i])
+        elif (got := formats.read_rows(f, rows[idx])) is not None:  # WebDataset shard / CIFAR batch
+            for i, v in zip(idx, got, strict=True):
+                out[i] = v
         else:
             fs, path = storage.resolve(f)
             col = pq.read_table(path, filesystem=fs, columns=[image_column]).column(image_column)
