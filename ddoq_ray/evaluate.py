@@ -87,7 +87,7 @@ def make_teacher(cfg: RunConfig, run_dir: str, train_index: pa.Table, test: dict
         teacher = load_named_teacher(ref, class_index, n_classes)
         spec, source, arch = {"named": ref, "class_index": class_index}, ref, ref
     elif teacher_path:
-        teacher = load_teacher(teacher_path, tcfg.teacher_arch, len(all_classes), class_index)
+        teacher = load_teacher(teacher_path, tcfg.teacher_arch, len(all_classes), class_index, image_size=size)
         spec = {"path": teacher_path, "arch": tcfg.teacher_arch, "num_classes": len(all_classes),
                 "class_index": class_index}
         source, arch = teacher_path, tcfg.teacher_arch
