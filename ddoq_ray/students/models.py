@@ -2,6 +2,7 @@
 
 Every model returned by :func:`build_model` takes float NCHW images in [0, 1] and normalises them itself
 (ImageNet mean/std, the statistics the akamaster CIFAR ResNets were trained with), so callers never normalise.
+Library teachers (``timm:<name>``) are wrapped with their own statistics instead (:func:`timm_normalized`).
 
 Built-in names:
 
