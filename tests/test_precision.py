@@ -53,3 +53,29 @@ def test_auto_on_this_machine_is_unchanged():
     has = "avx512_bf16" in flags or "amx_bf16" in flags
     assert precision.cpu_supports_bf16() is has
     assert precision.autocast_dtype("auto", "cpu") == (torch.bfloat16 if has else None)
+
+
+def test_student_trains_in_fp16_autocast_on_cpu(monkeypatch):
+    """``fp16`` on CPU is float16 autocast (with a GradScaler, as on CUDA), not bf16 as before the one policy."""
+    import numpy as np
+
+    from ddoq_ray.config import TrainConfig
+    from ddoq_ray.students import train as student_train
+
+    seen = []
+    real_autocast = student_train._autocast
+
+    def spy(device, dtype):
+        seen.append(dtype)
+        return real_autocast(device, dtype)
+
+    monkeypatch.setattr(student_train, "_autocast", spy)
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), 8)
+    images = np.clip(np.array([[200, 40, 40], [40, 40, 200]])[labels][:, None, None, :]
+                     + rng.normal(0, 20, (16, 8, 8, 3)), 0, 255).astype(np.uint8)
+    data = {"images": images, "labels": labels.astype(np.int64), "weights": np.ones(16, np.float32)}
+    cfg = TrainConfig(student="convnet3", image_size=8, epochs=1, batch_size=8, precision="fp16")
+    res = student_train.fit_student(data, data, None, cfg, seed=0, num_classes=2, device="cpu")
+    assert seen and set(seen) == {torch.float16}
+    assert np.isfinite(res["train_loss"]) and 0.0 <= res["top1"] <= 1.0
