@@ -129,15 +129,22 @@ def features(extractor: torch.nn.Module, images: np.ndarray, batch_size: int = 2
     return np.concatenate(out).astype(np.float32)
 
 
+def feature_model(teacher_spec: dict) -> torch.nn.Module:
+    """The feature extractor's classifier: :func:`~ddoq_ray.students.teachers.load_teacher` of
+    ``{"path", "arch", "num_classes", "class_index", "image_size"}`` (``image_size``: the run's
+    ``train.image_size``, the side of the images whose features are taken)."""
+    from .students.teachers import load_teacher
+
+    return load_teacher(teacher_spec["path"], teacher_spec["arch"], teacher_spec["num_classes"],
+                        teacher_spec.get("class_index"), image_size=int(teacher_spec["image_size"]))
+
+
 class FeatureActor:
     """Ray Data callable class: loads the extractor once, maps ``{image}`` batches to ``{feature}``."""
 
     def __init__(self, teacher_spec: dict, num_threads: int = 1):
-        from .students.teachers import load_teacher
-
         torch.set_num_threads(num_threads)
-        model = load_teacher(teacher_spec["path"], teacher_spec["arch"], teacher_spec["num_classes"],
-                             teacher_spec.get("class_index"))
+        model = feature_model(teacher_spec)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray sets the visible GPU
         self.extractor = PenultimateFeatures(model.to(self.device))
 
@@ -239,12 +246,13 @@ def metrics_stage(run, out: str, summary: dict) -> None:
             raise UserValueError("metrics.features=teacher needs a teacher checkpoint (train.teacher); set "
                                  "metrics.features=ARCH:CHECKPOINT or metrics.enabled=false")
         spec = {"path": run.teacher_path, "arch": cfg.train.teacher_arch, "num_classes": n_all,
-                "class_index": class_index}
+                "class_index": class_index, "image_size": size}
     else:
         arch, _, path = cfg.metrics.features.partition(":")
         if not path:
             raise UserValueError(f"metrics.features={cfg.metrics.features!r}: use `teacher` or ARCH:CHECKPOINT")
         from .assets import resolve
 
-        spec = {"path": resolve(path, run.root, "data"), "arch": arch, "num_classes": n_all, "class_index": None}
+        spec = {"path": resolve(path, run.root, "data"), "arch": arch, "num_classes": n_all, "class_index": None,
+                "image_size": size}
     run_metrics(sets, real, spec, cfg.metrics.k, cfg.metrics.inception, out, summary)

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddoq_ray.precision import autocast_dtype
+from ddoq_ray.precision import cpu_supports_bf16 as cpu_supports_bf16  # re-export (benchmarks)
+
 
 @dataclass
 class LoadedVAE:
@@ -28,26 +31,13 @@ class LoadedVAE:
     dtype: torch.dtype  # autocast dtype (or fp32 = none)
 
 
-def cpu_supports_bf16() -> bool:
-    """True on x86 CPUs with AVX-512 BF16 or AMX (bf16 autocast is ~3x faster there, see README)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` → fp16 on CUDA, bf16 on CPUs that support it, else fp32."""
-    if precision == "fp32":
-        return torch.float32
-    if precision == "fp16":
-        return torch.float16
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    """The VAE's compute dtype: :func:`ddoq_ray.precision.autocast_dtype`, with fp32 standing for "no autocast".
+
+    Raises:
+        UserValueError: unknown ``precision``.
+    """
+    return autocast_dtype(precision, device) or torch.float32
 
 
 def vae_kind(path: str, configured: str = "auto") -> str:
@@ -88,7 +78,8 @@ def load_vae(path: str, kind: str = "auto", device: str | torch.device = "cpu", 
 
 
 def _autocast(vae: LoadedVAE):
-    enabled = vae.dtype != torch.float32 and not (vae.device.type == "cuda")
+    # fp16 on CUDA runs a .half() model (no autocast); every other non-fp32 dtype autocasts.
+    enabled = vae.dtype != torch.float32 and not (vae.device.type == "cuda" and vae.dtype == torch.float16)
     return torch.autocast(vae.device.type, dtype=vae.dtype, enabled=enabled)
 
 

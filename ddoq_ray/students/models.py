@@ -2,6 +2,7 @@
 
 Every model returned by :func:`build_model` takes float NCHW images in [0, 1] and normalises them itself
 (ImageNet mean/std, the statistics the akamaster CIFAR ResNets were trained with), so callers never normalise.
+Library teachers (``timm:<name>``) are wrapped with their own statistics instead (:func:`timm_normalized`).
 
 Built-in names:
 
@@ -129,18 +130,50 @@ class CifarResNet(nn.Module):
 
 
 class _Normalized(nn.Module):
-    """Wraps a timm model: ``Normalize`` then the model (kept as ``.model``)."""
+    """Wraps a library model (kept as ``.model``): optional resize to a fixed input size, ``Normalize``, the model.
 
-    def __init__(self, model: nn.Module):
+    Args:
+        mean, std: the model's input normalisation (default ImageNet's).
+        input_size: ``(H, W)`` the model only accepts (timm ``fixed_input_size`` models such as ViTs); inputs of
+            another size are resized to it with ``torchvision.transforms.v2.functional.resize`` (antialiased).
+            None: any size goes through unchanged.
+        interpolation: ``bilinear`` or ``bicubic`` (the model's ``pretrained_cfg``), used with ``input_size``.
+    """
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD, input_size: tuple[int, int] | None = None,
+                 interpolation: str = "bilinear"):
         super().__init__()
-        self.norm = Normalize()
+        self.norm = Normalize(tuple(mean), tuple(std))
         self.model = model
+        self.input_size = tuple(input_size) if input_size is not None else None
+        self.interpolation = interpolation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
+            from torchvision.transforms.v2 import InterpolationMode
+            from torchvision.transforms.v2 import functional as TF
+
+            x = TF.resize(x, list(self.input_size), InterpolationMode(self.interpolation), antialias=True)
         return self.model(self.norm(x))
 
 
-def _timm_model(name: str, num_classes: int, image_size: int) -> nn.Module:
+def timm_normalized(model: nn.Module) -> _Normalized:
+    """A timm model wrapped with its own input config (``timm.data.resolve_model_data_config``: the model's
+    ``pretrained_cfg`` mean/std, and its ``input_size``/``interpolation`` when ``fixed_input_size`` is set)."""
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    fixed = bool(getattr(model, "pretrained_cfg", {}).get("fixed_input_size", False))
+    size = tuple(cfg["input_size"][-2:]) if fixed else None
+    return _Normalized(model, cfg["mean"], cfg["std"], size, cfg.get("interpolation", "bilinear"))
+
+
+def _is_resnet_family(name: str) -> bool:
+    return name.lower().startswith(("resnet", "resnext", "seresnet", "wide_resnet", "resnetv2"))
+
+
+def _timm_model(name: str, num_classes: int, image_size: int, cifar_stem: bool | None = None) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
@@ -152,8 +185,9 @@ def _timm_model(name: str, num_classes: int, image_size: int) -> nn.Module:
     if "swin" in lname or "vit" in lname:
         kwargs["img_size"] = image_size
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    is_resnet_family = lname.startswith(("resnet", "resnext", "seresnet", "wide_resnet", "resnetv2"))
-    if is_resnet_family and image_size <= 64:
+    if cifar_stem is None:
+        cifar_stem = _is_resnet_family(name) and image_size <= 64
+    if cifar_stem:
         conv1 = getattr(model, "conv1", None)
         if isinstance(conv1, nn.Conv2d) and hasattr(model, "maxpool"):
             # CIFAR stem (He et al. 2016 / standard CIFAR practice): keep the 32x32 resolution in layer1.
@@ -163,8 +197,14 @@ def _timm_model(name: str, num_classes: int, image_size: int) -> nn.Module:
     return _Normalized(model)
 
 
-def build_model(name: str, num_classes: int, image_size: int) -> nn.Module:
+def build_model(name: str, num_classes: int, image_size: int, *, cifar_stem: bool | None = None) -> nn.Module:
     """A classifier for float NCHW images in [0, 1] of side ``image_size``; returns logits [B, num_classes].
+
+    Args:
+        cifar_stem: timm models with a ``conv1`` + ``maxpool`` stem only: True swaps in the CIFAR stem (3x3
+            stride-1 conv, no max-pool), False keeps the ImageNet stem (7x7 stride-2 conv + max-pool); None (the
+            default, students): the CIFAR stem for ResNet-family names at ``image_size <= 64``. Teachers loaded
+            from a checkpoint use the stem the checkpoint has (:func:`~ddoq_ray.students.teachers.load_teacher`).
 
     Raises:
         ValueError: ``name`` is neither a built-in nor a timm model name (the message lists the built-ins).
@@ -177,4 +217,4 @@ def build_model(name: str, num_classes: int, image_size: int) -> nn.Module:
         return CifarResNet(3, num_classes)
     if name == "resnet56_cifar":
         return CifarResNet(9, num_classes)
-    return _timm_model(name, num_classes, image_size)
+    return _timm_model(name, num_classes, image_size, cifar_stem)

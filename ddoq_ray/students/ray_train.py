@@ -36,7 +36,7 @@ def _build_teacher(spec: dict | None, num_classes: int, image_size: int) -> nn.M
         t_classes = spec.get("num_classes")
         if t_classes is None:
             t_classes = num_classes if class_index is None else infer_num_classes(spec["path"])
-        return load_teacher(spec["path"], spec["arch"], int(t_classes), class_index)
+        return load_teacher(spec["path"], spec["arch"], int(t_classes), class_index, image_size=image_size)
     if "state_dict" in spec:
         state = spec["state_dict"]
         if hasattr(state, "hex") and not isinstance(state, dict):  # an ObjectRef

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddoq_ray.assets import is_named_teacher  # noqa: F401 - re-exported next to load_named_teacher
+from ddoq_ray.errors import UserValueError
 from ddoq_ray.students.augment import random_resized_crop_flip
 from ddoq_ray.students.models import build_model
 
@@ -36,22 +37,82 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_state_dict_into(model: nn.Module, state: dict, source: str) -> None:
-    """Strict load with an error that names the source and the mismatching keys/shapes."""
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+# Containers a checkpoint file may hold its state dict in: akamaster / timm train.py / Lightning ("state_dict"),
+# torchvision references/classification/train.py ("model"), and the common "model_state_dict".
+_STATE_KEYS = ("state_dict", "model", "model_state_dict")
+# Key prefixes added by wrappers: DataParallel/DDP ("module."), torch.compile ("_orig_mod.").
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def checkpoint_state(ckpt: object, source: str) -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded checkpoint: the object itself, or its ``state_dict`` / ``model`` /
+    ``model_state_dict`` entry, with ``module.`` (DataParallel) and ``_orig_mod.`` (torch.compile) prefixes removed.
+
+    Raises:
+        UserValueError: no tensor state dict in ``ckpt`` (names ``source``).
+    """
+    state = ckpt
+    if isinstance(ckpt, dict):
+        for key in _STATE_KEYS:
+            if isinstance(ckpt.get(key), dict):
+                state = ckpt[key]
+                break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserValueError(
+            f"teacher checkpoint {source}: expected a state dict of tensors (torch.save(model.state_dict())), or "
+            f"a dict holding one under {' / '.join(_STATE_KEYS)}; got {type(state).__name__}"
+        )
+    out = {}
+    for k, v in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            k = k.removeprefix(prefix)
+        out[k] = v
+    return out
+
+
+def _in_model_keys(model: nn.Module, state: dict) -> dict:
+    """``state`` renamed into ``model``'s key space: models built by :func:`build_model` from timm names (and
+    library teachers) wrap the library model as ``.model``, so a plain timm/torchvision state dict (``conv1.weight``)
+    gains the ``model.`` prefix and a wrapped one loaded into a bare model loses it."""
+    own = set(model.state_dict())
+    candidates = [state, {f"model.{k}": v for k, v in state.items()}]
+    if all(k.startswith("model.") for k in state):
+        candidates.append({k.removeprefix("model."): v for k, v in state.items()})
+    return max(candidates, key=lambda c: len(own & set(c)))
+
+
+def _mismatch(model: nn.Module, state: dict) -> tuple[list[str], list[str], list[str]]:
+    """``(missing, unexpected, shape mismatches)`` of a strict load of ``state`` into ``model``."""
     own = model.state_dict()
     # Pre-1.0 PyTorch checkpoints (akamaster) have no BatchNorm `num_batches_tracked`; torch fills it in.
     missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, shapes
+
+
+def _describe(missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    def head(xs: list[str]) -> str:
+        return f"{xs[:5]}{'...' if len(xs) > 5 else ''} ({len(xs)})"
+
+    return (f"missing={head(missing)}, unexpected={head(unexpected)}, "
+            f"shape mismatches (checkpoint vs model)={head(shapes)}")
+
+
+def load_state_dict_into(model: nn.Module, state: dict, source: str) -> None:
+    """Strict load of ``state`` into ``model`` after :func:`checkpoint_state`'s prefix removal and the
+    ``model.`` prefix mapping of :func:`_in_model_keys`.
+
+    Raises:
+        UserValueError: the keys or shapes do not fit (names ``source``, the missing / unexpected keys and the
+            shape mismatches).
+    """
+    state = _in_model_keys(model, checkpoint_state(state, source))
+    missing, unexpected, shapes = _mismatch(model, state)
     if missing or unexpected or shapes:
-        raise ValueError(
-            f"checkpoint {source} does not fit architecture {type(model).__name__}: "
-            f"missing={missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
-            f"unexpected={unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)}), "
-            f"shape mismatches={shapes[:5]}"
-        )
+        raise UserValueError(f"checkpoint {source} does not fit architecture {type(model).__name__}: "
+                             + _describe(missing, unexpected, shapes))
     model.load_state_dict(state, strict=True)
 
 
@@ -71,40 +132,93 @@ def _load_checkpoint(path: str):
 
 
 def infer_num_classes(path: str) -> int:
-    """Output classes of a checkpoint: rows of its last 2-D weight (the classifier)."""
-    p = path
-    ckpt = _load_checkpoint(path)
-    state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
+    """Output classes of a checkpoint: rows of its last 2-D weight (the classifier).
+
+    Raises:
+        FileNotFoundError: nothing at ``path``. UserValueError: no state dict, or no 2-D weight in it.
+    """
+    state = checkpoint_state(_load_checkpoint(path), path)
     mats = [v for k, v in state.items() if k.endswith("weight") and getattr(v, "ndim", 0) == 2]
     if not mats:
-        raise ValueError(f"teacher checkpoint {p}: no 2-D classifier weight to infer num_classes from")
+        raise UserValueError(f"teacher checkpoint {path}: no 2-D classifier weight to infer num_classes from")
     return int(mats[-1].shape[0])
 
 
-def load_teacher(path: str, arch: str, num_classes: int, class_index: list[int] | None = None) -> nn.Module:
-    """Load an akamaster-format checkpoint (``{"state_dict": {"module.<name>": tensor}}``) into ``arch``.
+def _candidate_models(arch: str, num_classes: int, image_size: int):
+    """Models ``arch`` may name, most likely first, as ``(description, build thunk)``: the :func:`build_model`
+    model at ``image_size``; for timm ResNet-family names the same with the other stem (an ImageNet checkpoint run
+    at <= 64 px keeps its 7x7 stem; a CIFAR-stem one run at > 64 px keeps its 3x3 stem); and the torchvision
+    model of that name (``torchvision.models.get_model``), whose key names differ from timm's for most families."""
+    from ddoq_ray.students.models import BUILTIN_MODELS, _is_resnet_family, _Normalized
+
+    yield f"{arch} at {image_size} px", lambda: build_model(arch, num_classes, image_size)
+    if arch in BUILTIN_MODELS:
+        return
+    if _is_resnet_family(arch):
+        other = not image_size <= 64
+        stem = "CIFAR (3x3, no max-pool)" if other else "ImageNet (7x7 + max-pool)"
+        yield (f"{arch} with the {stem} stem",
+               lambda: build_model(arch, num_classes, image_size, cifar_stem=other))
+    import torchvision
+
+    if arch in torchvision.models.list_models(module=torchvision.models):
+        yield (f"torchvision {arch}",
+               lambda: _Normalized(torchvision.models.get_model(arch, weights=None, num_classes=num_classes)))
+
+
+def load_teacher(path: str, arch: str, num_classes: int, class_index: list[int] | None = None,
+                 image_size: int = 32) -> nn.Module:
+    """Load a checkpoint teacher: ``arch`` at the run's ``image_size``, weights from ``path``.
+
+    Accepted files (``torch.load(path, weights_only=True)``): a bare state dict (``torch.save(model.state_dict())``
+    of a torchvision or timm model, or of a :func:`build_model` model as ddoq-ray saves trained teachers), or a dict
+    holding one under ``state_dict`` / ``model`` / ``model_state_dict`` (akamaster CIFAR ``.th`` files:
+    ``{"state_dict": {"module.<name>": tensor}}``); see :func:`checkpoint_state`. The architecture is the first of
+    :func:`_candidate_models` the state dict fits strictly: so an ImageNet ResNet checkpoint keeps its 7x7 stem at
+    any size, and a torchvision-only name (e.g. ``mobilenet_v3_small``) or torchvision key layout loads too. Input
+    normalisation: ImageNet mean/std (the statistics of the torchvision/timm ImageNet weights and of the akamaster
+    CIFAR ResNets).
 
     Args:
-        path: checkpoint file (``torch.load(path, weights_only=True)``); a bare state dict is accepted too.
-        arch: a :func:`~ddoq_ray.students.models.build_model` name, e.g. ``resnet56_cifar``.
-        num_classes: classes the checkpoint was trained on (10 for the CIFAR-10 checkpoints).
+        path: checkpoint file or URI.
+        arch: ``train.teacher_arch``: a :func:`~ddoq_ray.students.models.build_model` name (``resnet56_cifar``,
+            a timm name such as ``resnet18``) or a torchvision classification model name.
+        num_classes: classes the checkpoint was trained on (10 for the CIFAR-10 checkpoints, 1000 for ImageNet).
         class_index: if given, the returned model outputs only these logit columns, in this order.
+        image_size: the run's ``train.image_size`` (the side of the images the teacher sees).
 
     Returns:
         The teacher in eval mode with ``requires_grad=False`` everywhere; input float NCHW in [0, 1].
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the state dict does not fit ``arch`` (names the mismatching keys), or bad ``class_index``.
+        UserValueError: the state dict fits none of the candidate architectures (names the checkpoint, and the
+            missing / unexpected parameters and shape mismatches of the closest one), or bad ``class_index``.
     """
-    p = path
-    ckpt = _load_checkpoint(path)
-    state = ckpt["state_dict"] if isinstance(ckpt, dict) and "state_dict" in ckpt else ckpt
-    if not isinstance(state, dict):
-        raise ValueError(f"teacher checkpoint {p}: expected a state dict, got {type(state).__name__}")
-    model = build_model(arch, num_classes, 32)
-    load_state_dict_into(model, state, str(p))
-    return _freeze(with_class_index(model, class_index, num_classes))
+    state = checkpoint_state(_load_checkpoint(path), path)
+    tried, unknown = [], None
+    for desc, build in _candidate_models(arch, num_classes, image_size):
+        try:
+            model = build()
+        except ValueError as e:  # not a timm name: the torchvision candidate may still build
+            unknown = e
+            continue
+        mapped = _in_model_keys(model, state)
+        problems = _mismatch(model, mapped)
+        if not any(problems):
+            model.load_state_dict(mapped, strict=True)
+            return _freeze(with_class_index(model, class_index, num_classes))
+        tried.append((sum(map(len, problems)), desc, problems))
+    if not tried:
+        raise UserValueError(f"train.teacher_arch={arch!r} (teacher checkpoint {path}): {unknown}; nor a "
+                             "torchvision classification model name") from unknown
+    _, desc, problems = min(tried, key=lambda t: t[0])
+    raise UserValueError(
+        f"teacher checkpoint {path} does not fit train.teacher_arch={arch!r} with {num_classes} classes "
+        f"(tried: {'; '.join(t[1] for t in tried)}). Closest, {desc}: {_describe(*problems)}. Set "
+        f"train.teacher_arch to the checkpoint's architecture (a ddoq-ray built-in, timm or torchvision name) and "
+        f"make the run's class count match the checkpoint's classifier rows"
+    )
 
 
 def with_class_index(model: nn.Module, class_index: list[int] | None, num_classes: int) -> nn.Module:
@@ -194,15 +308,17 @@ def load_named_teacher(ref: str, class_index: list[int] | None = None, num_class
     or ``torchvision:<name>`` (``torchvision.models.get_model(name, weights="DEFAULT")``: ``torch.hub``
     downloads the weights enum's URL into ``$TORCH_HOME/hub/checkpoints/``). Online, the libraries download the
     weights on first use; offline (``HF_HUB_OFFLINE=1``), they load them from their caches (``$HF_HOME/hub``,
-    ``$TORCH_HOME/hub/checkpoints``), which must then be pre-populated. Input: float NCHW in [0, 1] (ImageNet
-    normalisation is applied here); output: the model's logits, restricted to ``class_index`` columns when given
+    ``$TORCH_HOME/hub/checkpoints``), which must then be pre-populated. Input: float NCHW in [0, 1] (the model's
+    own normalisation is applied here: a timm model's own ``pretrained_cfg`` mean/std, resized to its ``input_size``
+    when it has a fixed one (ViTs), see :func:`~ddoq_ray.students.models.timm_normalized`; a torchvision model's
+    ``weights.transforms()`` mean/std); output: the model's logits, restricted to ``class_index`` columns when given
     (see :func:`named_class_index`). The classifier head is kept as trained (no replacement).
 
     Raises:
-        ValueError: unknown library, or ``num_classes`` given and the teacher's output width (after
+        UserValueError: unknown library, or ``num_classes`` given and the teacher's output width (after
             ``class_index``) differs from it.
     """
-    from ddoq_ray.students.models import _Normalized
+    from ddoq_ray.students.models import _Normalized, timm_normalized
 
     kind, _, name = ref.partition(":")
     if kind == "timm":
@@ -210,20 +326,23 @@ def load_named_teacher(ref: str, class_index: list[int] | None = None, num_class
 
         model = timm.create_model(name, pretrained=True)
         n_out = int(model.num_classes)
+        wrapped = timm_normalized(model)
     elif kind == "torchvision":
         import torchvision
 
         weights = torchvision.models.get_model_weights(name).DEFAULT
         model = torchvision.models.get_model(name, weights=weights)
         n_out = len(weights.meta["categories"])
+        preset = weights.transforms()
+        wrapped = _Normalized(model, tuple(preset.mean), tuple(preset.std))
     else:
-        raise ValueError(f"teacher {ref!r}: expected timm:<name> or torchvision:<name>")
+        raise UserValueError(f"train.teacher={ref!r}: expected timm:<name> or torchvision:<name>")
     width = len(class_index) if class_index is not None else n_out
     if num_classes is not None and width != num_classes:
-        raise ValueError(
+        raise UserValueError(
             f"teacher {ref!r} has {n_out} outputs (ImageNet-1K classes for the usual weights) but the run has "
             f"{num_classes} classes. Name the classes by ImageNet WNIDs (ImageFolder folders such as n01440764: "
             f"ImageNet, ImageNette, ImageWoof), or keep ImageNet labels with data.class_subset, or use a checkpoint "
             f"teacher trained on these classes (train.teacher: path, train.teacher_arch)"
         )
-    return _freeze(with_class_index(_Normalized(model), class_index, n_out))
+    return _freeze(with_class_index(wrapped, class_index, n_out))
