@@ -76,7 +76,8 @@ def plain_script(index, image_column: str, size: int, model, out_dir: str, batch
     import pyarrow.parquet as pq
     import torch
 
-    from ddoq_ray.data import _read_bytes, decode_batch
+    from ddoq_ray.data import _read_bytes
+    from ddoq_ray.images import decode_batch
 
     t = time.perf_counter()
     ids, zs = [], []

@@ -144,7 +144,7 @@ def _validate(cfg, source: str) -> int:
     from .assets import assets_root
     from .data import load_classes
     from .decode import validate_decode
-    from .encode import latent_shape
+    from .vae import latent_shape
 
     root = assets_root(cfg.assets_root)
     refs = [("data.train", cfg.data.train, "data"), ("data.test", cfg.data.test, "data"),

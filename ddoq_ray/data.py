@@ -1,14 +1,15 @@
 """Ingest: labelled images from HF-style Parquet or ImageFolder trees.
 
-Pure core (no Ray): :func:`decode_image` / :func:`decode_batch` turn encoded image bytes into uint8 RGB arrays,
-:func:`list_split` builds a cheap index ``(id, label, file, row)`` of a split, :func:`load_arrays` decodes a
-selection into memory (test split, random baseline). Ray layer: :func:`read_split` streams a split as a Ray
-Dataset with columns ``id`` (string), ``label`` (int64, remapped to 0..C-1), ``bytes`` (encoded image).
+Pure core (no Ray): :func:`list_split` builds a cheap index ``(id, label, file, row)`` of a split,
+:func:`load_arrays` decodes a selection into memory (test split, random baseline) with
+:func:`ddoq_ray.images.decode_batch`. Ray layer: :func:`read_split` streams a split as a Ray Dataset with columns
+``id`` (string), ``label`` (int64, remapped to 0..C-1), ``bytes`` (encoded image).
 
 Supported inputs
 - Parquet (file, folder of files, or URI): a binary/struct ``image`` column (raw bytes, or HF ``{"bytes": ...}``),
   an integer ``label`` column, and optionally ``id``/``filename`` for stable row ids.
-- ImageFolder: ``root/<class name>/**/*.{jpg,jpeg,png,bmp,webp,gif}``; classes = sorted folder names.
+- ImageFolder: ``root/<class name>/**/*.{jpg,jpeg,png,bmp,webp,gif}``; classes = sorted folder names
+  (:mod:`ddoq_ray.folders`).
 - WebDataset shards, CIFAR-10/100 python batches, ``hf://datasets/<owner>/<name>`` and string labels:
   :mod:`ddoq_ray.formats` (dispatched from :func:`detect_format`, :func:`list_split` and :func:`_read_bytes`).
 Class names (:func:`load_classes`): ``data.classes``, else ImageFolder folder names, else ``classes.json`` beside
@@ -21,111 +22,22 @@ either, ``<file name>:<row>`` is used.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
 
-from . import formats, storage
+from . import folders, formats, storage
 from .config import DataConfig
-from .errors import DdoqError
+from .errors import DataError
+from .images import decode_batch
 
 log = logging.getLogger("ddoq_ray")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-# Refuse decompression bombs well above ImageNet's largest images (~ 100 MP), instead of PIL's warning only.
-Image.MAX_IMAGE_PIXELS = 200_000_000
-
-
-class DataError(DdoqError, ValueError):
-    """The dataset's layout or columns are wrong; the message names the file/field and the fix."""
-
-
-class ImageDecodeError(DdoqError, ValueError):
-    """One image could not be decoded; the row is skipped and counted, never dropped silently."""
-
-
-# ---------------------------------------------------------------- pure core: images
-
-
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Decode encoded image bytes to a square RGB uint8 array.
-
-    EXIF orientation is applied, any mode (L, P, RGBA, CMYK, I;16) is converted to RGB (alpha composited on
-    white), the image is centre-cropped to a square and resized with Lanczos antialiasing (the usual
-    ImageNet/DiT preprocessing; for square inputs such as CIFAR-10 it is a plain resize).
-
-    Args:
-        data: the file's bytes (JPEG, PNG, ...).
-        size: output side in pixels.
-    Returns:
-        ``np.ndarray`` uint8, shape ``(size, size, 3)``.
-    Raises:
-        ImageDecodeError: empty, truncated, not an image, or over the decompression-bomb limit.
-    """
-    if not data:
-        raise ImageDecodeError("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                    rgba = im.convert("RGBA")
-                    bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(bg, rgba)
-                if im.mode.startswith("I;16") or im.mode == "I":
-                    arr = np.asarray(im, dtype=np.float64)
-                    im = Image.fromarray(np.clip(arr / 257.0, 0, 255).astype(np.uint8))
-                im = im.convert("RGB")
-                w, h = im.size
-                s = min(w, h)
-                if w != h:
-                    left, top = (w - s) // 2, (h - s) // 2
-                    im = im.crop((left, top, left + s, top + s))
-                if s != size:
-                    im = im.resize((size, size), Image.Resampling.LANCZOS)
-                return np.asarray(im, dtype=np.uint8).copy()
-    except ImageDecodeError:
-        raise
-    except Image.UnidentifiedImageError as e:
-        raise ImageDecodeError("cannot decode image: not an image file, or a format Pillow cannot read") from e
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(f"image too large (decompression-bomb limit {Image.MAX_IMAGE_PIXELS} px): {e}") from e
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError) for bad files
-        raise ImageDecodeError(f"cannot decode image: {type(e).__name__}: {e}") from e
-
-
-def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """Decode a batch ``{id, label, bytes}``; failures become ``ok=False`` rows with an ``error`` reason.
-
-    Returns:
-        ``{"id", "label", "image": uint8 [n,size,size,3] (zeros where not ok), "ok": bool [n], "error": str [n]}``.
-    """
-    n = len(batch["id"])
-    images = np.zeros((n, size, size, 3), dtype=np.uint8)
-    ok = np.ones(n, dtype=bool)
-    errors = np.array([""] * n, dtype=object)
-    for i, data in enumerate(batch["bytes"]):
-        if data is None:
-            ok[i], errors[i] = False, "missing image (null value, or the file could not be read)"
-            continue
-        try:
-            images[i] = decode_image(bytes(data), size)
-        except ImageDecodeError as e:
-            ok[i], errors[i] = False, str(e)
-    return {"id": batch["id"], "label": batch["label"], "image": images, "ok": ok, "error": errors}
-
-
-# ---------------------------------------------------------------- pure core: split index
 
 
 def detect_format(source: str, fmt: str = "auto") -> str:
@@ -176,19 +88,6 @@ def _parquet_files(source: str) -> list[str]:
     return [source]
 
 
-def _display(name: str) -> str:
-    """A printable, UTF-8-safe form of a file name (non-UTF-8 bytes become ``\\xNN`` escapes)."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
-
-
-def _class_folders(root: Path) -> list[str]:
-    return sorted(_display(d.name) for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
-def _uri_class_folders(root: str) -> list[str]:
-    return sorted({r.split("/", 1)[0] for r, _ in storage.walk_files(root) if "/" in r and not r.startswith(".")})
-
-
 def _hf_class_names(source: str, label_column: str) -> list[str] | None:
     """``ClassLabel`` names of ``label_column`` from the ``huggingface`` schema metadata that the HF ``datasets``
     library writes into Parquet files (``{"info": {"features": {<col>: {"_type": "ClassLabel", "names": [...]}}}}``,
@@ -228,7 +127,7 @@ def load_classes(dcfg: DataConfig, source: str) -> list[str] | None:
     source = formats.local_source(source)
     if path is None:
         if detect_format(source, dcfg.format) == "imagefolder":
-            return _uri_class_folders(source) if storage.is_uri(source) else _class_folders(Path(source))
+            return folders.uri_class_folders(source) if storage.is_uri(source) else folders.class_folders(Path(source))
         if storage.is_uri(source):
             guess = storage.join(source if storage.is_dir(source) else storage.parent(source), "classes.json")
         else:
@@ -346,33 +245,9 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None,
                                    "row": pa.array(np.arange(n, dtype=np.int64))}))
         index = pa.concat_tables(parts)
     elif storage.is_uri(source):
-        index, classes = _list_uri_imagefolder(source, classes)
+        index, classes = folders.list_uri_imagefolder(source, classes)
     else:
-        root = Path(source)
-        dirs = {_display(d.name): d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")}
-        names = sorted(dirs)
-        if classes is not None and classes != names and set(names) - set(classes):
-            raise DataError(f"{source}: class folders {sorted(set(names) - set(classes))} are not in classes")
-        classes = classes or names
-        ids, labels, files, ignored = [], [], [], []
-        for c in names:
-            for p in sorted(dirs[c].rglob("*")):
-                if not p.is_file():
-                    continue
-                rel = _display(str(p.relative_to(root)))
-                if p.suffix.lower() in IMAGE_EXTENSIONS:
-                    ids.append(rel)
-                    labels.append(classes.index(c))
-                    files.append(os.fsencode(p))
-                else:
-                    ignored.append(rel)
-        stray = [_display(p.name) for p in root.iterdir() if p.is_file()]
-        if ignored or stray:
-            log.warning("%s: ignored %d files that are not images (%s)", source, len(ignored) + len(stray),
-                        ", ".join((ignored + stray)[:5]))
-        index = pa.table({"id": pa.array(ids, pa.string()), "orig_label": pa.array(labels, pa.int64()),
-                          "file": pa.array(files, pa.binary()), "row": pa.array([-1] * len(ids), pa.int64())})
-        index = index.replace_schema_metadata({"ignored_files": json.dumps(ignored + stray)})
+        index, classes = folders.list_imagefolder(source, classes)
     index, classes = formats.string_labels(index, classes, source)
     if index.num_rows == 0:
         raise DataError(f"{source}: split has no images")
@@ -414,28 +289,6 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None,
         raise DataError(f"{source}: {len(dup)} duplicate ids, e.g. {dup[0]['values']}; set data.id_column")
     index = index.select(["id", "label", "orig_label", "file", "row"]).replace_schema_metadata(meta)
     return index, [classes[c] for c in keep_labels]
-
-
-def _list_uri_imagefolder(source: str, classes: list[str] | None) -> tuple[pa.Table, list[str]]:
-    """ImageFolder index of a URI root (object stores: listing one prefix), in the same order as a local tree."""
-    files = [r for r, _ in storage.walk_files(source) if not any(p.startswith(".") for p in r.split("/"))]
-    names = sorted({r.split("/", 1)[0] for r in files if "/" in r})
-    if classes is not None and classes != names and set(names) - set(classes):
-        raise DataError(f"{source}: class folders {sorted(set(names) - set(classes))} are not in classes")
-    classes = classes or names
-    ids, labels, locs, ignored = [], [], [], []
-    for rel in sorted(files, key=lambda r: r.split("/")):  # the order of sorted(Path.rglob(...)) per class
-        if "/" not in rel or os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS:
-            ignored.append(rel)
-            continue
-        ids.append(rel)
-        labels.append(classes.index(rel.split("/", 1)[0]))
-        locs.append(storage.join(source, rel).encode())
-    if ignored:
-        log.warning("%s: ignored %d files that are not images (%s)", source, len(ignored), ", ".join(ignored[:5]))
-    index = pa.table({"id": pa.array(ids, pa.string()), "orig_label": pa.array(labels, pa.int64()),
-                      "file": pa.array(locs, pa.binary()), "row": pa.array([-1] * len(ids), pa.int64())})
-    return index.replace_schema_metadata({"ignored_files": json.dumps(ignored)}), classes
 
 
 def _read_file(loc: str) -> bytes | None:

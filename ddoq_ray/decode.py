@@ -339,8 +339,8 @@ def decode_stage(run, out: str, summary: dict) -> None:
     decoder's VAE at its shape (:class:`~ddoq_ray.artifacts.latents.LatentMismatchError` otherwise)."""
     from .artifacts.centroids import read_centroids
     from .artifacts.latents import check_meta, read_meta
-    from .encode import latent_shape
     from .rundir import stage_path
+    from .vae import latent_shape
 
     cfg = run.cfg
     check_meta(read_meta(stage_path(run.dir, "encode")), cfg.encode.vae,

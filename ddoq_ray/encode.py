@@ -19,7 +19,6 @@ import hashlib
 import logging
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -29,8 +28,8 @@ import pyarrow.dataset as pads
 from . import storage
 from .artifacts.latents import META, scan, to_tensor_array
 from .config import RunConfig
-from .data import decode_batch, read_split
-from .errors import UserValueError
+from .data import read_split
+from .images import decode_batch
 
 
 # torch/diffusers load lazily: quantize tasks import this module only to read latents (saves ~0.6 GB per worker).
@@ -51,23 +50,14 @@ def vae_kind(*args, **kwargs):
 
     return impl(*args, **kwargs)
 
+
+def latent_shape(*args, **kwargs):
+    from .vae import latent_shape as impl
+
+    return impl(*args, **kwargs)
+
 log = logging.getLogger("ddoq_ray")
 
-
-
-def latent_shape(vae_path: str, kind: str, image_size: int) -> tuple[int, int, int]:
-    """``(C, h, w)`` of the latents for square images of ``image_size`` px, from the VAE config alone."""
-    from diffusers import AutoencoderKL, AutoencoderTiny
-
-    kind = vae_kind(vae_path, kind)
-    cls = AutoencoderTiny if kind == "tiny" else AutoencoderKL
-    sub = {"subfolder": "vae"} if (Path(vae_path) / "vae" / "config.json").is_file() else {}
-    cfg = cls.load_config(vae_path, **sub)
-    blocks = cfg.get("encoder_block_out_channels" if kind == "tiny" else "block_out_channels", [64] * 4)
-    f = 2 ** (len(blocks) - 1)
-    if image_size % f:
-        raise UserValueError(f"data.image_size={image_size} is not a multiple of the VAE's downsampling factor {f}")
-    return (int(cfg.get("latent_channels", 4)), image_size // f, image_size // f)
 
 
 def row_seed(seed: int, row_id: str) -> int:
@@ -78,7 +68,7 @@ def row_seed(seed: int, row_id: str) -> int:
 class VAEEncoder:
     """Ray Data callable class: loads the VAE once per actor, encodes decoded batches.
 
-    Input batch: ``{id, label, image uint8 [n,H,W,3], ok bool, error str}`` (from :func:`data.decode_batch`).
+    Input batch: ``{id, label, image uint8 [n,H,W,3], ok bool, error str}`` (from :func:`ddoq_ray.images.decode_batch`).
     Output: a pyarrow Table ``{id, label, status ("ok"|"skipped"), error, latent}``.
     """
 

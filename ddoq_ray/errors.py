@@ -17,6 +17,14 @@ class UserValueError(DdoqError, ValueError):
     """A value given by the user (config field, CLI argument, data content) is invalid."""
 
 
+class DataError(DdoqError, ValueError):
+    """The dataset's layout or columns are wrong; the message names the file/field and the fix."""
+
+
+class FormatError(DdoqError, ValueError):
+    """A WebDataset shard, CIFAR batch or HF dataset reference is unusable; the message names it and the fix."""
+
+
 class StageOrderError(DdoqError, RuntimeError):
     """A stage was asked for before the stage it reads is complete for this config (``run X first``)."""
 

@@ -68,7 +68,7 @@ def student_concurrency(tcfg: TrainConfig, n_students: int) -> int:
 
     import ray
 
-    from .students.ray_train import _resolve_use_gpu
+    from .students.ray_train import resolve_use_gpu
 
     if tcfg.concurrent_students != "auto":
         n = int(tcfg.concurrent_students)
@@ -77,7 +77,7 @@ def student_concurrency(tcfg: TrainConfig, n_students: int) -> int:
     else:
         res = ray.cluster_resources()
         n = math.floor(res.get("CPU", 1) / (tcfg.num_workers * tcfg.cpus_per_worker) + 1e-9)
-        if _resolve_use_gpu(tcfg.use_gpu):
+        if resolve_use_gpu(tcfg.use_gpu):
             n = min(n, math.floor(res.get("GPU", 0) / tcfg.num_workers + 1e-9))
     return max(1, min(n, n_students))
 

@@ -3,7 +3,7 @@
 Each lister returns the same index as :func:`ddoq_ray.data.list_split` builds for Parquet and ImageFolder
 (``id``, ``orig_label``, ``file``, ``row``), and :func:`read_rows` returns the encoded image bytes of index rows, so
 every format goes through the same accounting (``input = encoded + skipped``; an undecodable image is skipped
-and counted by :func:`ddoq_ray.data.decode_batch`, never dropped).
+and counted by :func:`ddoq_ray.images.decode_batch`, never dropped).
 
 - **WebDataset** (``data.format: webdataset``; a ``.tar`` shard or a folder of them): samples are the members
   sharing a key (the member path up to the first ``.`` of its file name, the WebDataset convention); the image is
@@ -31,11 +31,9 @@ and counted by :func:`ddoq_ray.data.decode_batch`, never dropped).
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 import os
-import pickle
 import re
 import tarfile
 from pathlib import Path
@@ -45,17 +43,13 @@ import numpy as np
 import pyarrow as pa
 
 from . import storage
-from .errors import DdoqError
+from .cifar_batches import cifar_classes, cifar_meta_file, index_table, list_cifar, read_cifar
+from .errors import FormatError
 
 log = logging.getLogger("ddoq_ray")
 HF_PREFIX = "hf://datasets/"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff", "ppm")
-CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-
-
-class FormatError(DdoqError, ValueError):
-    """A WebDataset shard, CIFAR batch or HF dataset reference is unusable; the message names it and the fix."""
 
 
 # ---------------------------------------------------------------- HF hub datasets
@@ -152,7 +146,7 @@ def detect(source: str) -> str | None:
     if p.is_dir() and any(f.name.endswith(TAR_SUFFIXES) for f in p.iterdir()) and not any(
             d.is_dir() for d in p.iterdir() if not d.name.startswith(".")):
         return "webdataset"
-    return "cifar" if _cifar_meta_file(p) is not None else None
+    return "cifar" if cifar_meta_file(p) is not None else None
 
 
 def string_labels(index: pa.Table, classes: list[str] | None, source: str) -> tuple[pa.Table, list[str] | None]:
@@ -175,14 +169,6 @@ def string_labels(index: pa.Table, classes: list[str] | None, source: str) -> tu
     return index.set_column(index.schema.get_field_index("orig_label"), "orig_label", labels), classes
 
 
-def _index(ids: list[str], labels: list, files: list[str], rows: list[int], ignored: list[str]) -> pa.Table:
-    typ = pa.int64() if all(isinstance(v, (int, np.integer)) for v in labels) else pa.string()
-    t = pa.table({"id": pa.array(ids, pa.string()), "orig_label": pa.array(labels, typ),
-                  "file": pa.array([os.fsencode(f) for f in files], pa.binary()),
-                  "row": pa.array(rows, pa.int64())})
-    return t.replace_schema_metadata({"ignored_files": json.dumps(ignored)})
-
-
 def list_index(fmt: str, source: str, label_column: str) -> pa.Table:
     """The raw index (``id``, ``orig_label`` int64 or string, ``file``, ``row``) of a WebDataset or CIFAR split."""
     if fmt == "webdataset":
@@ -198,11 +184,6 @@ def classes_of(fmt: str, source: str, label_column: str) -> list[str] | None:
 
 
 # ---------------------------------------------------------------- WebDataset
-
-
-def _open(loc: str):
-    fs, path = storage.resolve(loc, field="data")
-    return fs.open_input_file(path)
 
 
 def _shards(source: str) -> list[str]:
@@ -223,7 +204,7 @@ def _shards(source: str) -> list[str]:
 
 def _members(shard: str) -> list[tarfile.TarInfo]:
     try:
-        with _open(shard) as f, tarfile.open(fileobj=f, mode="r:*") as tf:
+        with storage.open_input(shard) as f, tarfile.open(fileobj=f, mode="r:*") as tf:
             return [m for m in tf.getmembers() if m.isfile()]
     except (tarfile.TarError, OSError, EOFError) as e:
         raise FormatError(f"{shard}: not a readable tar shard ({type(e).__name__}: {e}); re-create or remove it") from e
@@ -265,7 +246,7 @@ def list_webdataset(source: str, label_column: str = "label") -> pa.Table:
         for m in _members(shard):
             key, ext = _key_ext(m.name)
             samples.setdefault(key, {})[ext] = m
-        with _open(shard) as f, tarfile.open(fileobj=f, mode="r:*") as tf:
+        with storage.open_input(shard) as f, tarfile.open(fileobj=f, mode="r:*") as tf:
             for key, parts in samples.items():
                 img = next((parts[e] for e in _IMAGE_EXTS if e in parts), None)
                 if img is None:
@@ -284,11 +265,11 @@ def list_webdataset(source: str, label_column: str = "label") -> pa.Table:
                     ", ".join(ignored[:5]))
     if labels and any(isinstance(v, str) for v in labels):
         labels = [str(v) for v in labels]
-    return _index(ids, labels, files, rows, ignored)
+    return index_table(ids, labels, files, rows, ignored)
 
 
 def _read_tar(shard: str, offsets: np.ndarray) -> list[bytes | None]:
-    with _open(shard) as f, tarfile.open(fileobj=f, mode="r:*") as tf:
+    with storage.open_input(shard) as f, tarfile.open(fileobj=f, mode="r:*") as tf:
         by_offset = {m.offset: m for m in tf.getmembers()}
         out = []
         for off in offsets:
@@ -296,108 +277,6 @@ def _read_tar(shard: str, offsets: np.ndarray) -> list[bytes | None]:
             fh = tf.extractfile(m) if m is not None else None
             out.append(fh.read() if fh is not None else None)
         return out
-
-
-# ---------------------------------------------------------------- CIFAR python batches
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles the CIFAR batches (dicts of lists and numpy arrays) and nothing that could run code."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
-        return super().find_class(module, name)
-
-
-def _unpickle(loc: str) -> dict:
-    try:
-        with _open(loc) as f:
-            doc = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError) as e:
-        raise FormatError(f"{loc}: not a readable CIFAR python batch ({type(e).__name__}: {e})") from e
-    if not isinstance(doc, dict):
-        raise FormatError(f"{loc}: a CIFAR batch is a dict, found {type(doc).__name__}")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in doc.items()}
-
-
-def _cifar_meta_file(p: Path) -> Path | None:
-    """``batches.meta`` (CIFAR-10) or ``meta`` (CIFAR-100) of a CIFAR folder or batch file, else None."""
-    folder = p if p.is_dir() else p.parent
-    for meta, batch in (("batches.meta", "data_batch_1"), ("meta", "train")):
-        if (folder / meta).is_file() and (folder / batch).is_file() and (p.is_dir() or p.name != meta):
-            return folder / meta
-    return None
-
-
-def _cifar_batches(source: str) -> list[Path]:
-    p = Path(source)
-    if p.is_file():
-        return [p]
-    for names in (CIFAR_TRAIN_BATCHES, ("train",)):
-        found = [p / n for n in names if (p / n).is_file()]
-        if found:
-            return found
-    raise FormatError(f"{source}: no CIFAR training batches (data_batch_1..5 or train); point data.test at "
-                      "test_batch / test")
-
-
-def _label_key(doc: dict, label_column: str) -> str:
-    for key in ((label_column,) if label_column in doc else ()) + ("labels", "fine_labels"):
-        if key in doc:
-            return key
-    if label_column == "coarse_label" and "coarse_labels" in doc:
-        return "coarse_labels"
-    raise FormatError(f"CIFAR batch has no labels/fine_labels (keys: {sorted(doc)})")
-
-
-def list_cifar(source: str, label_column: str = "label") -> pa.Table:
-    """Index CIFAR-10/100 python batches (one row per image; ``row`` = row in its batch)."""
-    ids, labels, files, rows = [], [], [], []
-    for batch in _cifar_batches(source):
-        doc = _unpickle(str(batch))
-        key = "coarse_labels" if label_column == "coarse_label" else _label_key(doc, label_column)
-        lab = [int(v) for v in doc[key]]
-        if "data" not in doc or len(doc["data"]) != len(lab):
-            raise FormatError(f"{batch}: {len(lab)} labels but {len(doc.get('data', []))} rows of data")
-        ids += [f"{batch.name}:{i}" for i in range(len(lab))]
-        labels += lab
-        files += [str(batch)] * len(lab)
-        rows += list(range(len(lab)))
-    return _index(ids, labels, files, rows, [])
-
-
-def cifar_classes(source: str, label_column: str = "label") -> list[str] | None:
-    """Class names from ``batches.meta`` / ``meta`` beside the batches (index = label)."""
-    meta = _cifar_meta_file(Path(source))
-    if meta is None:
-        return None
-    doc = _unpickle(str(meta))
-    for key in (("coarse_label_names",) if label_column == "coarse_label" else ()) + ("label_names",
-                                                                                      "fine_label_names"):
-        if key in doc:
-            return [n.decode() if isinstance(n, bytes) else str(n) for n in doc[key]]
-    return None
-
-
-def _read_cifar(batch: str, rows: np.ndarray) -> list[bytes | None]:
-    from PIL import Image
-
-    data = _unpickle(batch)["data"]
-    out: list[bytes | None] = []
-    for r in rows:
-        px = np.asarray(data[int(r)])
-        if px.dtype != np.uint8 or px.size != 3072:  # a damaged row: skipped and counted downstream
-            out.append(None)
-            continue
-        buf = io.BytesIO()
-        Image.fromarray(px.reshape(3, 32, 32).transpose(1, 2, 0)).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
 
 
 # ---------------------------------------------------------------- reading rows
@@ -410,12 +289,12 @@ def row_reader(loc: str):
     if loc.endswith(TAR_SUFFIXES):
         return _read_tar
     try:
-        with _open(loc) as f:
+        with storage.open_input(loc) as f:
             head = f.read(262)
     except OSError:
         return None
     if head[:1] == b"\x80":  # pickle protocol >= 2: a CIFAR batch
-        return _read_cifar
+        return read_cifar
     if head[257:262] == b"ustar" or head[:2] == b"\x1f\x8b":
         return _read_tar
     return None

@@ -47,8 +47,8 @@ class DistilledDataset(torch.utils.data.Dataset):
 
     def __init__(self, run_or_export: str, method: str = "ddoq", train: bool = True, image_size: int | None = None,
                  seed: int = 0):
-        from .data import decode_image
         from .export import EXPORT_META, distilled_table, read_export
+        from .images import decode_image
 
         loc = storage.normalize(run_or_export)
         if storage.is_file(storage.join(loc, EXPORT_META)):

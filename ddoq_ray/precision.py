@@ -63,3 +63,8 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     if dev.type == "cuda":
         return torch.float16
     return torch.bfloat16 if dev.type == "cpu" and cpu_supports_bf16() else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` on ``device``'s type; disabled (plain fp32) when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

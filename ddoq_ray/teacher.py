@@ -42,7 +42,7 @@ def teacher_stage(run, out: str, summary: dict) -> None:
 
     from .data import load_arrays
     from .students import evaluate, train_teacher
-    from .students.ray_train import _build_teacher
+    from .students.teachers import build_teacher
 
     cfg, tcfg = run.cfg, run.cfg.train
     _ = run.train_index  # lists the split and sets run.classes
@@ -59,9 +59,9 @@ def teacher_stage(run, out: str, summary: dict) -> None:
         storage.write_bytes(storage.join(out, WEIGHTS), buf.getvalue())
         spec = {"arch": arch, "num_classes": n_classes}
         source = f"trained by ddoq-ray on the real train split, {tcfg.teacher_epochs} epochs"
-        teacher = _build_teacher({**spec, "state_dict": state}, n_classes, tcfg.image_size)
+        teacher = build_teacher({**spec, "state_dict": state}, n_classes, tcfg.image_size)
     else:
-        teacher = _build_teacher(spec, n_classes, tcfg.image_size)
+        teacher = build_teacher(spec, n_classes, tcfg.image_size)
     top1 = None
     if run.test_src is not None:
         test = load_arrays(run.test_index, cfg.data.image_column, tcfg.image_size)

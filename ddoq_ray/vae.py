@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddoq_ray.errors import UserValueError
 from ddoq_ray.precision import autocast_dtype
 from ddoq_ray.precision import cpu_supports_bf16 as cpu_supports_bf16  # re-export (benchmarks)
 
@@ -77,7 +78,7 @@ def load_vae(path: str, kind: str = "auto", device: str | torch.device = "cpu", 
                      float(getattr(model.config, "shift_factor", None) or 0.0), device, dtype)
 
 
-def _autocast(vae: LoadedVAE):
+def autocast(vae: LoadedVAE):
     # fp16 on CUDA runs a .half() model (no autocast); every other non-fp32 dtype autocasts.
     enabled = vae.dtype != torch.float32 and not (vae.device.type == "cuda" and vae.dtype == torch.float16)
     return torch.autocast(vae.device.type, dtype=vae.dtype, enabled=enabled)
@@ -105,7 +106,7 @@ def encode_images(vae: LoadedVAE, images: np.ndarray, latent: str = "mean",
         x = x.half()
     else:
         x = x.contiguous(memory_format=torch.channels_last)
-    with _autocast(vae):
+    with autocast(vae):
         out = vae.model.encode(x)
     if vae.kind == "tiny":
         z = out.latents.float()
@@ -128,7 +129,7 @@ def decode_latents(vae: LoadedVAE, latents: np.ndarray) -> np.ndarray:
         z = z / vae.scaling_factor + vae.shift_factor
     if vae.device.type == "cuda" and vae.dtype == torch.float16:
         z = z.half()
-    with _autocast(vae):
+    with autocast(vae):
         x = vae.model.decode(z).sample.float()
     x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
@@ -136,3 +137,18 @@ def decode_latents(vae: LoadedVAE, latents: np.ndarray) -> np.ndarray:
 
 def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
+
+
+def latent_shape(vae_path: str, kind: str, image_size: int) -> tuple[int, int, int]:
+    """``(C, h, w)`` of the latents for square images of ``image_size`` px, from the VAE config alone."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    kind = vae_kind(vae_path, kind)
+    cls = AutoencoderTiny if kind == "tiny" else AutoencoderKL
+    sub = {"subfolder": "vae"} if (Path(vae_path) / "vae" / "config.json").is_file() else {}
+    cfg = cls.load_config(vae_path, **sub)
+    blocks = cfg.get("encoder_block_out_channels" if kind == "tiny" else "block_out_channels", [64] * 4)
+    f = 2 ** (len(blocks) - 1)
+    if image_size % f:
+        raise UserValueError(f"data.image_size={image_size} is not a multiple of the VAE's downsampling factor {f}")
+    return (int(cfg.get("latent_channels", 4)), image_size // f, image_size // f)

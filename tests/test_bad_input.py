@@ -15,7 +15,8 @@ from PIL import Image
 
 from ddoq_ray.assets import AssetNotFoundError, assets_root, resolve
 from ddoq_ray.config import ConfigError, RunConfig, load_config
-from ddoq_ray.data import DataConfig, DataError, ImageDecodeError, decode_image, list_split, load_arrays
+from ddoq_ray.data import DataConfig, DataError, list_split, load_arrays
+from ddoq_ray.images import ImageDecodeError, decode_image
 from ddoq_ray.quantization import centroid_weights, quantize_class, w2
 
 

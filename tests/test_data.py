@@ -11,7 +11,8 @@ from conftest import CIFAR_TRAIN
 from PIL import Image
 
 from ddoq_ray.config import DataConfig
-from ddoq_ray.data import DataError, ImageDecodeError, decode_batch, decode_image, list_split, load_arrays
+from ddoq_ray.data import DataError, list_split, load_arrays
+from ddoq_ray.images import ImageDecodeError, decode_batch, decode_image
 
 
 def png(mode="RGB", size=(40, 30), color=(200, 10, 10)):

@@ -12,8 +12,8 @@ from conftest import CIFAR_TRAIN, TAESD
 from ddoq_ray.artifacts.latents import LatentMismatchError, check_meta, to_tensor_array
 from ddoq_ray.config import DataConfig
 from ddoq_ray.data import list_split, load_arrays
-from ddoq_ray.encode import VAEEncoder, latent_shape
-from ddoq_ray.vae import decode_latents, encode_images, load_vae
+from ddoq_ray.encode import VAEEncoder
+from ddoq_ray.vae import decode_latents, encode_images, latent_shape, load_vae
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from ddoq_ray.config import DataConfig
-from ddoq_ray.data import decode_batch, detect_format, list_split, load_arrays, load_classes, read_split
-from ddoq_ray.formats import FormatError
+from ddoq_ray.data import detect_format, list_split, load_arrays, load_classes, read_split
+from ddoq_ray.errors import FormatError
+from ddoq_ray.images import decode_batch
 
 
 def _png(value: int, size: int = 8) -> bytes:

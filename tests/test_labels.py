@@ -23,7 +23,7 @@ from ddoq_ray.students import (
     scheme_weights,
 )
 from ddoq_ray.students.plan import OnlinePlan
-from ddoq_ray.students.teachers import _freeze
+from ddoq_ray.students.teachers import freeze
 
 # ------------------------------------------------------------------------------------------------ weights
 
@@ -74,7 +74,7 @@ def test_batch_norm_mode_and_mixup_train():
 
 def _tiny_teacher(seed: int = 0):
     torch.manual_seed(seed)
-    return _freeze(build_model("convnet3", 3, 16))
+    return freeze(build_model("convnet3", 3, 16))
 
 
 def test_precomputed_plan_replays_the_online_plan(tmp_path):

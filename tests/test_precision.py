@@ -63,13 +63,13 @@ def test_student_trains_in_fp16_autocast_on_cpu(monkeypatch):
     from ddoq_ray.students import train as student_train
 
     seen = []
-    real_autocast = student_train._autocast
+    real_autocast = student_train.autocast
 
     def spy(device, dtype):
         seen.append(dtype)
         return real_autocast(device, dtype)
 
-    monkeypatch.setattr(student_train, "_autocast", spy)
+    monkeypatch.setattr(student_train, "autocast", spy)
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(2), 8)
     images = np.clip(np.array([[200, 40, 40], [40, 40, 200]])[labels][:, None, None, :]

@@ -99,7 +99,7 @@ def test_timm_teacher_loads_from_offline_hub_cache(tmp_path, monkeypatch):
 
     wnids = subset_wnids("imagenette")
     teacher = load_named_teacher(f"timm:{name}", named_class_index(wnids, None), num_classes=10)
-    _assert_same_weights(teacher.model.model, state)  # ClassSubset(_Normalized(timm model))
+    _assert_same_weights(teacher.model.model, state)  # ClassSubset(NormalizedModel(timm model))
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -132,7 +132,7 @@ def test_torchvision_teacher_loads_from_offline_torch_home(tmp_path, monkeypatch
     torch.save(state, ckpt)
 
     teacher = load_named_teacher("torchvision:resnet18", None, num_classes=1000)
-    _assert_same_weights(teacher.model, state)  # _Normalized(torchvision model), no class subset
+    _assert_same_weights(teacher.model, state)  # NormalizedModel(torchvision model), no class subset
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         out = teacher(x)

@@ -26,7 +26,7 @@ def load_synthetic(decode_dir: str, size: int) -> dict[str, np.ndarray]:
     """The decoded set in memory for training: ``images`` uint8 [n,size,size,3], ``labels`` int64, ``mass`` float64
     (each image's weight: its centroid's mass / images_per_centroid), ``k`` int64. ``decode_dir`` is the decode
     stage's folder (:func:`ddoq_ray.rundir.stage_path`), a local path or URI."""
-    from ..data import decode_image
+    from ..images import decode_image
 
     manifest = read_manifest(decode_dir).to_pylist()
     root = storage.join(decode_dir, "synthetic")

@@ -70,12 +70,12 @@ def load_train_inputs(run, *, test: bool = True, teacher: bool = True) -> TrainI
                  test_arrays["n_skipped"])
     module, spec, info = None, None, {"source": None, "top1": None}
     if teacher:
-        from ..students.ray_train import _build_teacher
+        from ..students.teachers import build_teacher
 
         tdir = stage_path(run.dir, "teacher")
         info = read_info(tdir)
         spec = worker_spec(tdir)
-        module = _build_teacher(spec, len(run.classes), size)
+        module = build_teacher(spec, len(run.classes), size)
         log.info("train: teacher %s, top-1 on test = %s", info["source"], info["top1"])
     syn = load_synthetic(stage_path(run.dir, "decode"), size)
     return TrainInputs(cfg, run.dir, run.train_index, test_arrays, len(run.classes), module, spec, info, syn)

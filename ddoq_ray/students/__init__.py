@@ -6,7 +6,8 @@ from ddoq_ray.students.losses import apply_mix, cutmix, soft_label_kl, weighted_
 from ddoq_ray.students.models import BUILTIN_MODELS, Normalize, build_model
 from ddoq_ray.students.ray_train import train_student_ray
 from ddoq_ray.students.teachers import load_teacher, train_teacher
-from ddoq_ray.students.train import evaluate, fit_student, to_float_nchw
+from ddoq_ray.students.tensors import to_float_nchw
+from ddoq_ray.students.train import evaluate, fit_student
 from ddoq_ray.students.weights import sample_weights, scheme_weights
 
 __all__ = [

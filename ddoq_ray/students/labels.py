@@ -77,7 +77,8 @@ def precompute_soft_labels(images: np.ndarray, teacher: nn.Module, cfg: TrainCon
     Returns:
         The ``meta.json`` dict (includes ``bytes`` and ``bytes_per_image_epoch``).
     """
-    from ddoq_ray.students.train import _autocast, autocast_dtype, to_float_nchw
+    from ddoq_ray.precision import autocast, autocast_dtype
+    from ddoq_ray.students.tensors import to_float_nchw
 
     out = storage.normalize(out_dir)  # a local path or a URI: the label set is read back on any node
     key = _meta_key(len(images), cfg, seed, num_classes)
@@ -89,7 +90,7 @@ def precompute_soft_labels(images: np.ndarray, teacher: nn.Module, cfg: TrainCon
     storage.makedirs(out)
     dev = torch.device(device)
     teacher = teacher.to(dev).eval()
-    amp = autocast_dtype(dev, cfg.precision)
+    amp = autocast_dtype(cfg.precision, dev)
     x_all = to_float_nchw(images)
     plan = OnlinePlan(len(images), cfg, seed, cfg.image_size)
     schema = label_schema(num_classes)
@@ -101,7 +102,7 @@ def precompute_soft_labels(images: np.ndarray, teacher: nn.Module, cfg: TrainCon
             x = apply_crop_flip(x_all[b.idx], b.boxes, b.flips)
             if b.mix != "none":
                 x, _ = apply_mix(x, torch.ones(len(b.idx)), b.lam, b.perm, b.box)
-            with _autocast(dev, amp):
+            with autocast(dev, amp):
                 logits = teacher(x.to(dev))
             logits_all.append(logits.float().cpu().numpy().astype(np.float16))
             B = len(b.idx)

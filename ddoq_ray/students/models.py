@@ -129,7 +129,7 @@ class CifarResNet(nn.Module):
         return self.linear(out)
 
 
-class _Normalized(nn.Module):
+class NormalizedModel(nn.Module):
     """Wraps a library model (kept as ``.model``): optional resize to a fixed input size, ``Normalize``, the model.
 
     Args:
@@ -158,7 +158,7 @@ class _Normalized(nn.Module):
         return self.model(self.norm(x))
 
 
-def timm_normalized(model: nn.Module) -> _Normalized:
+def timm_normalized(model: nn.Module) -> NormalizedModel:
     """A timm model wrapped with its own input config (``timm.data.resolve_model_data_config``: the model's
     ``pretrained_cfg`` mean/std, and its ``input_size``/``interpolation`` when ``fixed_input_size`` is set)."""
     from timm.data import resolve_model_data_config
@@ -166,10 +166,10 @@ def timm_normalized(model: nn.Module) -> _Normalized:
     cfg = resolve_model_data_config(model)
     fixed = bool(getattr(model, "pretrained_cfg", {}).get("fixed_input_size", False))
     size = tuple(cfg["input_size"][-2:]) if fixed else None
-    return _Normalized(model, cfg["mean"], cfg["std"], size, cfg.get("interpolation", "bilinear"))
+    return NormalizedModel(model, cfg["mean"], cfg["std"], size, cfg.get("interpolation", "bilinear"))
 
 
-def _is_resnet_family(name: str) -> bool:
+def is_resnet_family(name: str) -> bool:
     return name.lower().startswith(("resnet", "resnext", "seresnet", "wide_resnet", "resnetv2"))
 
 
@@ -186,7 +186,7 @@ def _timm_model(name: str, num_classes: int, image_size: int, cifar_stem: bool |
         kwargs["img_size"] = image_size
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     if cifar_stem is None:
-        cifar_stem = _is_resnet_family(name) and image_size <= 64
+        cifar_stem = is_resnet_family(name) and image_size <= 64
     if cifar_stem:
         conv1 = getattr(model, "conv1", None)
         if isinstance(conv1, nn.Conv2d) and hasattr(model, "maxpool"):
@@ -194,7 +194,7 @@ def _timm_model(name: str, num_classes: int, image_size: int, cifar_stem: bool |
             model.conv1 = nn.Conv2d(3, conv1.out_channels, 3, 1, 1, bias=False)
             nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
             model.maxpool = nn.Identity()
-    return _Normalized(model)
+    return NormalizedModel(model)
 
 
 def build_model(name: str, num_classes: int, image_size: int, *, cifar_stem: bool | None = None) -> nn.Module:

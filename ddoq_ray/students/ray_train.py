@@ -11,42 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from ddoq_ray.config import TrainConfig
-from ddoq_ray.students.models import build_model
-from ddoq_ray.students.train import _fit
+from ddoq_ray.students.teachers import build_teacher
+from ddoq_ray.students.train import fit_loop
 
 CKPT_FILE = "state.pt"
 
-
-
-def _build_teacher(spec: dict | None, num_classes: int, image_size: int) -> nn.Module | None:
-    """Materialise a teacher spec inside a worker (see :func:`train_student_ray`)."""
-    from ddoq_ray.students.teachers import _freeze, infer_num_classes, load_state_dict_into, load_teacher
-
-    if spec is None:
-        return None
-    if "named" in spec:
-        from ddoq_ray.students.teachers import load_named_teacher
-
-        return load_named_teacher(spec["named"], spec.get("class_index"), num_classes)
-    if "path" in spec:
-        class_index = spec.get("class_index")
-        t_classes = spec.get("num_classes")
-        if t_classes is None:
-            t_classes = num_classes if class_index is None else infer_num_classes(spec["path"])
-        return load_teacher(spec["path"], spec["arch"], int(t_classes), class_index, image_size=image_size)
-    if "state_dict" in spec:
-        state = spec["state_dict"]
-        if hasattr(state, "hex") and not isinstance(state, dict):  # an ObjectRef
-            import ray
-
-            state = ray.get(state)
-        model = build_model(spec["arch"], int(spec.get("num_classes", num_classes)), image_size)
-        load_state_dict_into(model, state, "trained teacher state_dict")
-        return _freeze(model)
-    raise ValueError(f"teacher_spec needs 'path' or 'state_dict' (and 'arch'), got keys {sorted(spec)}")
 
 
 def _cpu_threads() -> int:
@@ -81,7 +52,7 @@ def _train_loop_per_worker(config: dict) -> dict:
         return ray.get(x) if isinstance(x, ray.ObjectRef) else x
 
     train, test = fetch(config["train"]), fetch(config["test"])
-    teacher = _build_teacher(config["teacher_spec"], config["num_classes"], cfg.image_size)
+    teacher = build_teacher(config["teacher_spec"], config["num_classes"], cfg.image_size)
     start_state = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -130,7 +101,7 @@ def _train_loop_per_worker(config: dict) -> dict:
         _maybe_inject_fault(fault, epoch, rank)
 
     wrap = ray.train.torch.prepare_model if world > 1 else None
-    return _fit(train, test, teacher, cfg, config["seed"], config["num_classes"], device=device, rank=rank,
+    return fit_loop(train, test, teacher, cfg, config["seed"], config["num_classes"], device=device, rank=rank,
                 world_size=world, wrap_model=wrap, on_epoch=on_epoch, start_state=start_state, val=val,
                 val_every=val_every)
 
@@ -151,7 +122,7 @@ def _maybe_inject_fault(fault: dict, epoch: int, rank: int) -> None:
     os._exit(1)
 
 
-def _resolve_use_gpu(use_gpu: Any) -> bool:
+def resolve_use_gpu(use_gpu: Any) -> bool:
     if use_gpu == "auto":
         import ray
 
@@ -251,7 +222,7 @@ def train_student_ray(
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
-            use_gpu=_resolve_use_gpu(cfg.use_gpu),
+            use_gpu=resolve_use_gpu(cfg.use_gpu),
             resources_per_worker=None if local else {"CPU": cfg.cpus_per_worker},
         ),
         run_config=RunConfig(

@@ -30,7 +30,7 @@ class ClassSubset(nn.Module):
         return self.model(x).index_select(1, self.index)
 
 
-def _freeze(model: nn.Module) -> nn.Module:
+def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -149,12 +149,12 @@ def _candidate_models(arch: str, num_classes: int, image_size: int):
     model at ``image_size``; for timm ResNet-family names the same with the other stem (an ImageNet checkpoint run
     at <= 64 px keeps its 7x7 stem; a CIFAR-stem one run at > 64 px keeps its 3x3 stem); and the torchvision
     model of that name (``torchvision.models.get_model``), whose key names differ from timm's for most families."""
-    from ddoq_ray.students.models import BUILTIN_MODELS, _is_resnet_family, _Normalized
+    from ddoq_ray.students.models import BUILTIN_MODELS, NormalizedModel, is_resnet_family
 
     yield f"{arch} at {image_size} px", lambda: build_model(arch, num_classes, image_size)
     if arch in BUILTIN_MODELS:
         return
-    if _is_resnet_family(arch):
+    if is_resnet_family(arch):
         other = not image_size <= 64
         stem = "CIFAR (3x3, no max-pool)" if other else "ImageNet (7x7 + max-pool)"
         yield (f"{arch} with the {stem} stem",
@@ -163,7 +163,7 @@ def _candidate_models(arch: str, num_classes: int, image_size: int):
 
     if arch in torchvision.models.list_models(module=torchvision.models):
         yield (f"torchvision {arch}",
-               lambda: _Normalized(torchvision.models.get_model(arch, weights=None, num_classes=num_classes)))
+               lambda: NormalizedModel(torchvision.models.get_model(arch, weights=None, num_classes=num_classes)))
 
 
 def load_teacher(path: str, arch: str, num_classes: int, class_index: list[int] | None = None,
@@ -207,7 +207,7 @@ def load_teacher(path: str, arch: str, num_classes: int, class_index: list[int] 
         problems = _mismatch(model, mapped)
         if not any(problems):
             model.load_state_dict(mapped, strict=True)
-            return _freeze(with_class_index(model, class_index, num_classes))
+            return freeze(with_class_index(model, class_index, num_classes))
         tried.append((sum(map(len, problems)), desc, problems))
     if not tried:
         raise UserValueError(f"train.teacher_arch={arch!r} (teacher checkpoint {path}): {unknown}; nor a "
@@ -281,7 +281,7 @@ def train_teacher(
     top1 = None
     if test is not None:
         top1 = evaluate(model, test["images"], test["labels"], 500)
-    return _freeze(model), top1
+    return freeze(model), top1
 
 
 def named_class_index(classes: list[str] | None, class_subset: list[int] | None) -> list[int] | None:
@@ -318,7 +318,7 @@ def load_named_teacher(ref: str, class_index: list[int] | None = None, num_class
         UserValueError: unknown library, or ``num_classes`` given and the teacher's output width (after
             ``class_index``) differs from it.
     """
-    from ddoq_ray.students.models import _Normalized, timm_normalized
+    from ddoq_ray.students.models import NormalizedModel, timm_normalized
 
     kind, _, name = ref.partition(":")
     if kind == "timm":
@@ -334,7 +334,7 @@ def load_named_teacher(ref: str, class_index: list[int] | None = None, num_class
         model = torchvision.models.get_model(name, weights=weights)
         n_out = len(weights.meta["categories"])
         preset = weights.transforms()
-        wrapped = _Normalized(model, tuple(preset.mean), tuple(preset.std))
+        wrapped = NormalizedModel(model, tuple(preset.mean), tuple(preset.std))
     else:
         raise UserValueError(f"train.teacher={ref!r}: expected timm:<name> or torchvision:<name>")
     width = len(class_index) if class_index is not None else n_out
@@ -345,4 +345,34 @@ def load_named_teacher(ref: str, class_index: list[int] | None = None, num_class
             f"ImageNet, ImageNette, ImageWoof), or keep ImageNet labels with data.class_subset, or use a checkpoint "
             f"teacher trained on these classes (train.teacher: path, train.teacher_arch)"
         )
-    return _freeze(with_class_index(wrapped, class_index, n_out))
+    return freeze(with_class_index(wrapped, class_index, n_out))
+
+
+def build_teacher(spec: dict | None, num_classes: int, image_size: int) -> nn.Module | None:
+    """Materialise a teacher spec (in the driver or a Ray worker): ``{"named", "class_index"}`` (library model),
+    ``{"path", "arch", "num_classes", "class_index"}`` (checkpoint, built at ``image_size``) or ``{"state_dict",
+    "arch", "num_classes"}`` (weights in memory or an ObjectRef). None -> None (hard labels).
+
+    Raises:
+        UserValueError: a checkpoint that does not fit (from :func:`load_teacher`); ValueError: a malformed spec.
+    """
+    if spec is None:
+        return None
+    if "named" in spec:
+        return load_named_teacher(spec["named"], spec.get("class_index"), num_classes)
+    if "path" in spec:
+        class_index = spec.get("class_index")
+        t_classes = spec.get("num_classes")
+        if t_classes is None:
+            t_classes = num_classes if class_index is None else infer_num_classes(spec["path"])
+        return load_teacher(spec["path"], spec["arch"], int(t_classes), class_index, image_size=image_size)
+    if "state_dict" in spec:
+        state = spec["state_dict"]
+        if hasattr(state, "hex") and not isinstance(state, dict):  # an ObjectRef
+            import ray
+
+            state = ray.get(state)
+        model = build_model(spec["arch"], int(spec.get("num_classes", num_classes)), image_size)
+        load_state_dict_into(model, state, "trained teacher state_dict")
+        return freeze(model)
+    raise ValueError(f"teacher_spec needs 'path' or 'state_dict' (and 'arch'), got keys {sorted(spec)}")

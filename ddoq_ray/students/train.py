@@ -24,10 +24,12 @@ from torch import nn
 
 from ddoq_ray import precision as precision_policy
 from ddoq_ray.config import TrainConfig
+from ddoq_ray.precision import autocast
 from ddoq_ray.students.augment import apply_crop_flip
 from ddoq_ray.students.losses import apply_mix, soft_label_kl, weighted_cross_entropy
 from ddoq_ray.students.models import build_model
 from ddoq_ray.students.plan import OnlinePlan, steps_per_epoch
+from ddoq_ray.students.tensors import to_float_nchw
 from ddoq_ray.students.weights import batch_normalise
 
 CKPT_FILE = "state.pt"
@@ -41,18 +43,6 @@ def autocast_dtype(device: torch.device | str, precision: str) -> torch.dtype | 
         UserValueError: unknown ``precision``.
     """
     return precision_policy.autocast_dtype(precision, device)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def to_float_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 [N, H, W, 3] (numpy or torch) -> float32 [N, 3, H, W] in [0, 1] (a fresh, writable copy)."""
-    t = images if isinstance(images, torch.Tensor) else torch.tensor(np.asarray(images))
-    if t.ndim != 4 or t.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images [N, H, W, 3], got shape {tuple(t.shape)}")
-    return t.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
 
 
 @torch.no_grad()
@@ -74,7 +64,7 @@ def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_siz
     correct = 0
     for i in range(0, n, batch_size):
         x = to_float_nchw(images[i:i + batch_size]).to(device)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             logits = model(x)
         correct += int((logits.argmax(1).cpu() == labels_t[i:i + batch_size]).sum())
     model.train(was_training)
@@ -85,7 +75,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
-def _fit(
+def fit_loop(
     train: dict,
     test: dict | None,
     teacher: nn.Module | None,
@@ -181,7 +171,7 @@ def _fit(
                 x, w = apply_mix(x, w, b.lam, b.perm, b.box)
             if cfg.weight_norm == "batch":
                 w = batch_normalise(w)
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 logits = model(x)
                 if teacher is not None:
                     with torch.no_grad():
@@ -271,7 +261,7 @@ def fit_student(
         "epochs": int, "n_train": int, "train_s": float, "start_epoch": int, "val_top1" (with val)}``.
     """
     dev = torch.device(device) if device is not None else default_device()
-    return _fit(train, test, teacher, cfg, seed, num_classes, device=dev, on_epoch=on_epoch,
+    return fit_loop(train, test, teacher, cfg, seed, num_classes, device=dev, on_epoch=on_epoch,
                 start_state=start_state, val=val, val_every=val_every)
 
 

@@ -32,14 +32,14 @@ def function_trial(config: dict, data: dict) -> None:
     import torch
     from ray import tune
 
-    from ..students.ray_train import _build_teacher
-    from ..students.train import _fit, default_device
+    from ..students.teachers import build_teacher
+    from ..students.train import default_device, fit_loop
 
     cfg = trial_cfg(data["base"], config)
     torch.set_num_threads(max(1, int(data["threads"])))
     train = {"images": data["train"]["images"], "labels": data["train"]["labels"],
              "weights": _weights(data["train"], cfg, data["method"])}
-    teacher = None if cfg.label_mode == "hard" else _build_teacher(data["spec"], data["num_classes"],
+    teacher = None if cfg.label_mode == "hard" else build_teacher(data["spec"], data["num_classes"],
                                                                     cfg.image_size)
     start_state = None
     ckpt = tune.get_checkpoint()
@@ -58,7 +58,7 @@ def function_trial(config: dict, data: dict) -> None:
             torch.save(make_state(), os.path.join(d, CKPT_FILE))
             tune.report(rep, checkpoint=tune.Checkpoint.from_directory(d))
 
-    _fit(train, data["test"], teacher, cfg, data["seed"], data["num_classes"], device=default_device(),
+    fit_loop(train, data["test"], teacher, cfg, data["seed"], data["num_classes"], device=default_device(),
          on_epoch=on_epoch, start_state=start_state, val=data["val"], val_every=data["eval_every"])
 
 
