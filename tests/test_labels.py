@@ -97,6 +97,23 @@ def test_precomputed_plan_replays_the_online_plan(tmp_path):
     assert meta["bytes_per_image_epoch"] > 0 and meta["steps_per_epoch"] == 3
 
 
+def test_stored_labels_are_keyed_by_images_and_teacher(tmp_path):
+    """The same folder with other images or another teacher is relabelled, never replayed (main keyed the stored
+    labels by counts and plan only: other images of the same size got the old logits)."""
+    cfg = TrainConfig(image_size=16, epochs=1, batch_size=7, precision="fp32")
+    a, b = _synthetic(5, 0)["images"], _synthetic(5, 1)["images"]
+    m1 = precompute_soft_labels(a, _tiny_teacher(0), cfg, seed=0, num_classes=3, out_dir=tmp_path, teacher_name="t0")
+    first = pq.read_table(next(tmp_path.glob("*.parquet"))).column("logits").to_pylist()
+    assert precompute_soft_labels(a, _tiny_teacher(0), cfg, seed=0, num_classes=3, out_dir=tmp_path,
+                                  teacher_name="t0") == m1  # identical inputs: reused
+    m2 = precompute_soft_labels(b, _tiny_teacher(0), cfg, seed=0, num_classes=3, out_dir=tmp_path, teacher_name="t0")
+    assert m2["images_sha256"] != m1["images_sha256"]
+    m3 = precompute_soft_labels(b, _tiny_teacher(1), cfg, seed=0, num_classes=3, out_dir=tmp_path, teacher_name="t1")
+    assert m3["teacher"] == "t1" and m3 != m2
+    last = pq.read_table(next(tmp_path.glob("*.parquet"))).column("logits").to_pylist()
+    assert last != first
+
+
 def test_label_files_read_with_plain_pyarrow(tmp_path):
     cfg = TrainConfig(image_size=16, epochs=2, batch_size=8, precision="fp32")
     train = _synthetic(4, 0)

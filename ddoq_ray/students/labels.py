@@ -25,6 +25,7 @@ Read one epoch with ``pq.read_table(path)``; logits as numpy:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,8 +56,11 @@ def label_schema(num_classes: int) -> pa.Schema:
     ])
 
 
-def _meta_key(n: int, cfg: TrainConfig, seed: int, num_classes: int) -> dict:
-    return {"schema_version": SCHEMA_VERSION, "n_train": n, "num_classes": num_classes, "epochs": cfg.epochs,
+def _meta_key(images: np.ndarray, cfg: TrainConfig, seed: int, num_classes: int, teacher_name: str) -> dict:
+    """Everything the stored labels depend on: the images (sha256 of their bytes), the teacher, the plan."""
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+    return {"schema_version": SCHEMA_VERSION, "n_train": len(images), "images_sha256": digest,
+            "teacher": teacher_name, "precision": cfg.precision, "num_classes": num_classes, "epochs": cfg.epochs,
             "batch_size": cfg.batch_size, "image_size": cfg.image_size, "seed": seed,
             "min_crop_scale": cfg.min_crop_scale, "mix": cfg.mix, "cutmix_prob": cfg.cutmix_prob,
             "cutmix_beta": cfg.cutmix_beta, "mixup_alpha": cfg.mixup_alpha}
@@ -81,7 +85,7 @@ def precompute_soft_labels(images: np.ndarray, teacher: nn.Module, cfg: TrainCon
     from ddoq_ray.students.tensors import to_float_nchw
 
     out = storage.normalize(out_dir)  # a local path or a URI: the label set is read back on any node
-    key = _meta_key(len(images), cfg, seed, num_classes)
+    key = _meta_key(images, cfg, seed, num_classes, teacher_name)
     meta_path = storage.join(out, "meta.json")
     if storage.is_file(meta_path):
         meta = storage.read_json(meta_path)
