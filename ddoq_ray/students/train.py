@@ -92,6 +92,22 @@ def fit_loop(
     val: dict | None = None,
     val_every: int = 0,
 ) -> dict:
+    """The student training loop shared by :func:`fit_student`, the Ray Train workers and the Tune trials.
+
+    Args:
+        train: ``{"images" uint8 [n,S,S,3], "labels" int [n], "weights" float [n] (optional), "soft_labels"
+            (precomputed mode: a :func:`~ddoq_ray.students.labels.precompute_soft_labels` folder)}``.
+        test, val: ``{"images", "labels"}`` scored at the end (``val`` also every ``val_every`` epochs).
+        teacher: frozen classifier on float [0, 1] NCHW images (online soft labels), or None.
+        rank, world_size, wrap_model: data-parallel sharding of each global batch (DDP in Ray Train).
+        on_epoch: ``(metrics, make_state, final)`` after every epoch (checkpoints, Tune reports).
+        start_state: a ``make_state()`` dict to resume from.
+    Returns:
+        ``{"top1", "train_loss", "epochs", "n_train", "train_s", "start_epoch"}`` (+ ``val_top1``).
+    Raises:
+        ValueError: an empty set, images not at ``cfg.image_size``, labels outside ``[0, num_classes)``.
+    """
+    # Step 1, inputs: images, labels and per-image weights as tensors, checked once.
     images, labels = train["images"], np.asarray(train["labels"])
     n = len(labels)
     if n == 0:
@@ -106,6 +122,7 @@ def fit_loop(
         lo, hi = int(y_all.min()), int(y_all.max())
         raise ValueError(f"labels must lie in [0, {num_classes}), got [{lo}, {hi}]")
 
+    # Step 2, models: the student (seeded init) and the frozen teacher on the device.
     torch.manual_seed(seed)  # model init (identical on every rank; DDP broadcasts rank 0's anyway)
     model = build_model(cfg.student, num_classes, cfg.image_size).to(device)
     if wrap_model is not None:
@@ -113,6 +130,7 @@ def fit_loop(
     if teacher is not None:
         teacher = teacher.to(device).eval()
 
+    # Step 3, the batch plan (crops, flips, mixing; replayed from disk in precomputed mode).
     # Distributed-sampler semantics: every rank draws the same permutation, pads it to a multiple of world_size
     # and takes every world_size-th index; the global batch stays cfg.batch_size.
     if cfg.label_mode == "hard":
@@ -128,6 +146,7 @@ def fit_loop(
         teacher = None
     else:
         plan = OnlinePlan(n, cfg, seed, cfg.image_size, rank, world_size)
+    # Step 4, optimiser, cosine schedule and mixed precision; resume from a checkpoint state.
     n_steps = steps_per_epoch(n, cfg.batch_size, world_size)[0]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.resolved_lr(), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * n_steps)
@@ -158,6 +177,7 @@ def fit_loop(
     def val_top1() -> float:
         return evaluate(_unwrap(model), val["images"], val["labels"], cfg.eval_batch_size, device, cfg.precision)
 
+    # Step 5, the epochs: augment, mix, label (teacher, stored logits or hard), weighted loss, step.
     epoch_done = start_epoch
     t_train = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
@@ -203,6 +223,7 @@ def fit_loop(
                 m["val_top1"] = val_top1()
             on_epoch(m, make_state, False)
 
+    # Step 6, final metrics: validation and test top-1 on rank 0.
     train_s = time.perf_counter() - t_train
     metrics: dict[str, Any] = {"epoch": epoch_done, "train_loss": train_loss, "train_s": train_s}
     top1 = None
