@@ -61,6 +61,7 @@ def size_overrides(doc: dict) -> list[str]:
     out += ["decode.num_gpus_per_actor=0"] if "num_gpus_per_actor" in dec else []
     out += ["decode.output_size=32"] if dec.get("output_size", 0) > 32 else []
     out += ["train.image_size=32"] if tr.get("image_size", 0) > 32 else []
+    out += ["train.cpus_per_worker=1"] if tr.get("cpus_per_worker", 1) > 1 else []  # 2 students at once
     if doc.get("tune"):
         t = doc["tune"]
         out += ["tune.num_samples=2", "tune.grace_period=1", "tune.eval_every=1", "tune.val_per_class=2"]
