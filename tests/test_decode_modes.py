@@ -2,15 +2,14 @@
 ``save_pretrained`` and loaded through the real ``from_pretrained`` path; class lists; ``ddoq-ray validate``."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 import yaml
 from conftest import REPO
+from stand_ins import make_dit, make_sd
 
 from ddoq_ray.artifacts.latents import to_tensor_array
 from ddoq_ray.artifacts.synthetic import load_synthetic
@@ -21,54 +20,6 @@ from ddoq_ray.diffusion import DiffusionSettings, guide, image_seed, img2img_tim
 from ddoq_ray.vae import decode_latents, load_vae
 
 IMAGENET_CONFIGS = ["imagenet1k_sd_ipc10", "imagenet1k_dit_ipc10", "imagenette_dit_ipc10", "imagewoof_dit_ipc10"]
-
-
-def _bytes_to_unicode() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def make_sd(path: Path) -> Path:
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
-    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3,
-                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                        latent_channels=4)
-    chars = _bytes_to_unicode()
-    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    te = CLIPTextModel(CLIPTextConfig(bos_token_id=512, eos_token_id=513, pad_token_id=513, hidden_size=32,
-                                      intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
-                                      num_hidden_layers=5, vocab_size=514))
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
-                                          scheduler=DDIMScheduler(clip_sample=False, steps_offset=1),
-                                          safety_checker=None, feature_extractor=None, image_encoder=None,
-                                          requires_safety_checker=False)
-    pipe.save_pretrained(path)
-    return path
-
-
-def make_dit(path: Path) -> Path:
-    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
-
-    torch.manual_seed(0)
-    tr = DiTTransformer2DModel(sample_size=16, num_layers=2, patch_size=4, attention_head_dim=8, num_attention_heads=2,
-                               in_channels=4, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
-                               num_embeds_ada_norm=1000, norm_type="ada_norm_zero", norm_elementwise_affine=False)
-    sched = DDIMScheduler(clip_sample=False, steps_offset=1)
-    DiTPipeline(transformer=tr, vae=AutoencoderKL(), scheduler=sched).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
