@@ -298,10 +298,36 @@ def _read_file(loc: str) -> bytes | None:
         return None
 
 
+def _row_group_offsets(pf: pq.ParquetFile) -> np.ndarray:
+    """int64 ``[num_row_groups + 1]``: the first row of each row group of a Parquet file, then its row count."""
+    meta = pf.metadata
+    return np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)], dtype=np.int64)
+
+
+def read_parquet_rows(loc: str, column: str, rows: np.ndarray) -> list:
+    """The values of ``column`` at file rows ``rows`` (int64, any order) of one Parquet file, reading only the
+    row groups that hold them (``pyarrow.parquet.ParquetFile.read_row_groups``), so a block of 2,048 rows of a
+    large shard reads a few row groups instead of the whole column.
+
+    Returns:
+        Python values in the order of ``rows`` (``dict`` for a struct column such as HF's ``{bytes, path}``).
+    """
+    fs, path = storage.resolve(loc)
+    pf = pq.ParquetFile(path, filesystem=fs)
+    offsets = _row_group_offsets(pf)
+    group = np.searchsorted(offsets, rows, side="right") - 1  # row group of each row
+    groups = np.unique(group)
+    sizes = np.diff(offsets)[groups]
+    start_in_read = np.zeros(offsets.size - 1, dtype=np.int64)  # where each read group starts in the read table
+    start_in_read[groups] = np.cumsum(sizes) - sizes
+    col = pf.read_row_groups(groups.tolist(), columns=[column]).column(column)
+    return col.take(pa.array(start_in_read[group] + rows - offsets[group])).to_pylist()
+
+
 def _read_bytes(index: pa.Table, image_column: str) -> list[bytes | None]:
-    """Encoded bytes for each index row (Parquet rows grouped per file; ImageFolder files read directly). Files
-    are local paths (non-UTF-8 names allowed) or URIs read through pyarrow's filesystems, on whichever node runs
-    this."""
+    """Encoded bytes for each index row (Parquet rows grouped per file, only their row groups read; ImageFolder
+    files read directly). Files are local paths (non-UTF-8 names allowed) or URIs read through pyarrow's
+    filesystems, on whichever node runs this."""
     out: list[bytes | None] = [None] * index.num_rows
     files = [os.fsdecode(f) for f in index.column("file").to_pylist()]
     rows = index.column("row").to_numpy()
@@ -316,10 +342,7 @@ def _read_bytes(index: pa.Table, image_column: str) -> list[bytes | None]:
             for i, v in zip(idx, got, strict=True):
                 out[i] = v
         else:
-            fs, path = storage.resolve(f)
-            col = pq.read_table(path, filesystem=fs, columns=[image_column]).column(image_column)
-            col = col.take(pa.array(rows[idx]))
-            for i, v in zip(idx, col.to_pylist(), strict=True):
+            for i, v in zip(idx, read_parquet_rows(f, image_column, rows[idx]), strict=True):
                 out[i] = v["bytes"] if isinstance(v, dict) else v
     return out
 
@@ -343,22 +366,29 @@ def load_arrays(index: pa.Table, image_column: str, size: int) -> dict[str, np.n
 
 
 def read_split(index: pa.Table, image_column: str, rows_per_block: int = 2048):
-    """A Ray Dataset ``{id, label, bytes}`` over an index from :func:`list_split`.
+    """A Ray Dataset ``{id, label, bytes}`` over an index from :func:`list_split`, in blocks of ``rows_per_block``
+    consecutive index rows (:func:`read_blocks`)."""
+    slim = index.select(["id", "label", "file", "row"])
+    return read_blocks([slim.slice(s, rows_per_block) for s in range(0, slim.num_rows, rows_per_block)],
+                       image_column)
 
-    Each block reads its own rows (one Parquet column read per file, or one file read per image), so the driver
-    never holds image bytes and a 1.28 M-image ImageNet split streams through the cluster.
+
+def read_blocks(blocks: list[pa.Table], image_column: str, keep: tuple[str, ...] = ()):
+    """A Ray Dataset ``{id, label, bytes, *keep}``, one block per given slice of an index (columns ``id``,
+    ``label``, ``file``, ``row`` and ``keep``, passed through unchanged).
+
+    Each block reads its own rows (the row groups that hold them, per Parquet file; or one file read per image), so
+    the driver never holds image bytes and a 1.28 M-image ImageNet split streams through the cluster.
     """
     import ray
 
-    slim = index.select(["id", "label", "file", "row"])
     # One block per slice of the index (no all-to-all repartition: it needs whole CPUs that a full actor pool
     # on a small node never frees, the Ray Data deadlock of env notes G6).
-    blocks = [slim.slice(s, rows_per_block) for s in range(0, slim.num_rows, rows_per_block)]
-    ds = ray.data.from_arrow(blocks)
+    ds = ray.data.from_arrow([b.select(["id", "label", "file", "row", *keep]) for b in blocks])
 
     def _load(batch: pa.Table) -> pa.Table:
         raw = _read_bytes(batch, image_column)
         return pa.table({"id": batch.column("id"), "label": batch.column("label"),
-                         "bytes": pa.array(raw, pa.binary())})
+                         "bytes": pa.array(raw, pa.binary()), **{k: batch.column(k) for k in keep}})
 
     return ds.map_batches(_load, batch_format="pyarrow", batch_size=None, num_cpus=0.25)

@@ -1,4 +1,5 @@
-"""Stage 1, encode: images -> SD-scaled VAE latents, as a Ray Data actor pool writing Parquet.
+"""Stage 1, encode: images -> SD-scaled VAE latents, as one streaming Ray Data pipeline (read -> decode -> VAE actor
+pool -> Parquet writer tasks) over every unfinished shard; the driver only counts rows and commits shards.
 
 Artifact ``<run>/encode/<attempt>/`` (:func:`ddoq_ray.rundir.stage_path`; readable with plain pyarrow, no Ray needed):
 - ``latents/shard=<s>/status=ok/label=<c>/*.parquet``: columns ``id`` (string), ``error`` (string, empty),
@@ -8,7 +9,8 @@ Artifact ``<run>/encode/<attempt>/`` (:func:`ddoq_ray.rundir.stage_path`; readab
 - ``meta.json``: VAE ref and kind, scaling/shift factor, image size, latent shape and mode.
 - ``skipped.parquet``: ``id``, ``label``, ``error`` of every skipped row (also listed in ``results.json``).
 - ``shards.json`` (the shard plan: row ranges of the input index and a hash of their ids) and ``done/<s>.json``
-  (one marker per finished shard; a resumed attempt re-encodes only the shards without one).
+  (one marker per finished shard, written as its last rows are in; a resumed attempt re-encodes only the shards
+  without one).
 - ``<run>/encode/_SUCCESS.json`` (the commit, beside the attempt folder): counts (``input = encoded + skipped``,
   per class), ``shards``/``resumed_shards``/``encoded_shards``, fingerprint, wall time, live attempt.
 """
@@ -28,7 +30,7 @@ import pyarrow.dataset as pads
 from . import storage
 from .artifacts.latents import META, scan, to_tensor_array
 from .config import RunConfig
-from .data import read_split
+from .data import read_blocks
 from .images import decode_batch
 
 
@@ -68,8 +70,9 @@ def row_seed(seed: int, row_id: str) -> int:
 class VAEEncoder:
     """Ray Data callable class: loads the VAE once per actor, encodes decoded batches.
 
-    Input batch: ``{id, label, image uint8 [n,H,W,3], ok bool, error str}`` (from :func:`ddoq_ray.images.decode_batch`).
-    Output: a pyarrow Table ``{id, label, status ("ok"|"skipped"), error, latent}``.
+    Input batch: ``{id, label, image uint8 [n,H,W,3], ok bool, error str}`` (from :func:`ddoq_ray.images.decode_batch`),
+    optionally ``pos`` (int64 row of the input index). Output: a pyarrow Table ``{id, label, status ("ok"|"skipped"),
+    error, latent}``, plus ``pos`` when given.
     """
 
     def __init__(self, vae_path: str, kind: str, precision: str, latent: str, seed: int, shape, device: str,
@@ -97,6 +100,7 @@ class VAEEncoder:
             "status": pa.array(np.where(ok, "ok", "skipped").tolist(), pa.string()),
             "error": pa.array([str(e) for e in errors], pa.string()),
             "latent": to_tensor_array(z),
+            **({"pos": pa.array(np.asarray(batch["pos"], dtype=np.int64))} if "pos" in batch else {}),
         })
 
 
@@ -137,14 +141,65 @@ def shard_counts(dest: str, rows: int) -> dict:
     return {"rows": rows, "encoded": ok, "skipped": rows - ok}
 
 
-def encode_shard(cfg: RunConfig, index: pa.Table, vae_path: str, shape, device: str, dest: str) -> None:
-    """Encode the rows of ``index`` through a Ray Data actor pool into ``dest`` (hive ``status=/label=``)."""
+def todo_blocks(index: pa.Table, todo: list[dict], rows_per_block: int = 2048) -> list[pa.Table]:
+    """The rows of the shards ``todo`` as read blocks cut at multiples of ``rows_per_block`` of the whole index
+    (column ``pos``: the row in ``index``), so a fresh run gets the blocks, hence the encoder batches, of a
+    one-shard run whatever ``shard_rows`` is; a block may hold rows of two shards."""
+    if not todo:
+        return []
+    pos = np.concatenate([np.arange(s["start"], s["stop"], dtype=np.int64) for s in todo])
+    rows = index.select(["id", "label", "file", "row"]).take(pa.array(pos)).append_column("pos", pa.array(pos))
+    cuts = np.flatnonzero(np.diff(pos // rows_per_block)) + 1
+    bounds = [0, *cuts.tolist(), len(pos)]
+    return [rows.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def decode_rows(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """:func:`ddoq_ray.images.decode_batch`, keeping the index position ``pos`` for the writer."""
+    return {**decode_batch(batch, size), "pos": batch["pos"]}
+
+
+def write_rows(batch: pa.Table, out: str, starts: list[int], ids: list[str]) -> pa.Table:
+    """Write one block of encoded rows into ``out/latents/shard=<s>/status=<st>/label=<c>/<key>.parquet``.
+
+    The shard of a row is the plan shard whose row range holds its ``pos`` (``starts``: each shard's first row,
+    ascending; ``ids``: their ids). The file name is a hash of the group's ids, so a retried task (a lost node)
+    overwrites its own files instead of adding duplicates. Files hold ``id``, ``error``, ``latent``; ``status``
+    and ``label`` are hive partition keys, as Ray Data's partitioned ``write_parquet`` wrote them.
+
+    Returns:
+        ``{shard: string, rows: int64, encoded: int64}``: one row per shard in the block, for the driver's count.
+    """
+    shard = np.searchsorted(np.asarray(starts), batch.column("pos").to_numpy(), side="right") - 1
+    status = batch.column("status").to_numpy(zero_copy_only=False)
+    labels = batch.column("label").to_numpy()
+    body = batch.select(["id", "error", "latent"])
+    keys = np.unique(np.stack([shard, labels, status == "ok"], axis=1), axis=0)
+    for s, c, ok in keys.tolist():
+        rows = np.flatnonzero((shard == s) & (labels == c) & ((status == "ok") == bool(ok)))
+        part = body.take(pa.array(rows))
+        key = hashlib.sha1("\n".join(part.column("id").to_pylist()).encode("utf-8", "surrogatepass")).hexdigest()
+        st = "ok" if ok else "skipped"
+        storage.write_parquet(part, storage.join(out, "latents", f"shard={ids[s]}", f"status={st}", f"label={c}",
+                                                 f"{key[:20]}.parquet"))
+    present = np.unique(shard)
+    return pa.table({"shard": pa.array([ids[s] for s in present], pa.string()),
+                     "rows": pa.array([int((shard == s).sum()) for s in present], pa.int64()),
+                     "encoded": pa.array([int(((shard == s) & (status == "ok")).sum()) for s in present],
+                                         pa.int64())})
+
+
+def encode_stream(cfg: RunConfig, index: pa.Table, todo: list[dict], vae_path: str, shape, device: str,
+                  out: str):
+    """One Ray Data pipeline over the rows of every shard in ``todo``: read -> decode -> encoder actor pool (started
+    once for the whole run) -> :func:`write_rows` tasks. Yields the per-block counts of :func:`write_rows` as
+    their files are written (pyarrow Tables), so the driver holds counts only, never latents."""
     import ray
 
     ecfg = cfg.encode
     threads = None if device == "cuda" else (ecfg.num_threads or max(1, round(ecfg.num_cpus_per_actor)))
-    ds = read_split(index, cfg.data.image_column)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"size": cfg.data.image_size}, batch_size=256, batch_format="numpy",
+    ds = read_blocks(todo_blocks(index, todo), cfg.data.image_column, keep=("pos",))
+    ds = ds.map_batches(decode_rows, fn_kwargs={"size": cfg.data.image_size}, batch_size=256, batch_format="numpy",
                         num_cpus=0.5)
     ds = ds.map_batches(
         VAEEncoder,
@@ -155,15 +210,43 @@ def encode_shard(cfg: RunConfig, index: pa.Table, vae_path: str, shape, device: 
         batch_size=ecfg.batch_size, batch_format="numpy",
         num_cpus=ecfg.num_cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor if device == "cuda" else None,
     )
-    fs, path = storage.resolve(dest)
-    ds.write_parquet(path, filesystem=fs, partition_cols=["status", "label"])
+    ds = ds.map_batches(write_rows, fn_kwargs={"out": out, "starts": [s["start"] for s in todo],
+                                               "ids": [s["id"] for s in todo]},
+                        batch_size=None, batch_format="pyarrow", num_cpus=0.25)
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
+
+
+def commit_shards(counts, out: str, todo: list[dict]) -> None:
+    """Write each shard's done marker as soon as the per-block ``counts`` (from :func:`encode_stream`) add up to
+    its rows, after checking the shard's files hold exactly them (:func:`shard_counts`).
+
+    Raises:
+        RuntimeError: a shard got more rows than it has, or the stream ended with shards short of rows.
+    """
+    by_id = {s["id"]: s for s in todo}
+    seen = dict.fromkeys(by_id, 0)
+    for block in counts:
+        for sid, n in zip(block.column("shard").to_pylist(), block.column("rows").to_pylist(), strict=True):
+            seen[sid] += n
+            s = by_id[sid]
+            rows = s["stop"] - s["start"]
+            if seen[sid] > rows:
+                raise RuntimeError(f"encode: shard {sid} got {seen[sid]} rows, expected {rows}")
+            if seen[sid] == rows:
+                dest = storage.join(out, "latents", f"shard={sid}")
+                write_shard_marker(out, s, shard_counts(dest, rows))
+    short = {sid: n for sid, n in seen.items() if n != by_id[sid]["stop"] - by_id[sid]["start"]}
+    if short:
+        raise RuntimeError(f"encode: the stream ended with shards short of rows: {dict(list(short.items())[:5])}")
 
 
 def run_encode(cfg: RunConfig, index: pa.Table, vae_path: str, out: str, summary: dict) -> None:
     """Encode every row of ``index`` into the attempt folder ``out`` (see module docstring), shard by shard.
 
     Shards that already have a done marker in ``out`` (an attempt resumed after a crash) are kept; the others are
-    (re-)encoded. Fills ``summary`` with counts, ``shards``, ``resumed_shards`` and ``encoded_shards``.
+    (re-)encoded in one streaming pipeline (:func:`encode_stream`: the actors start and load the model once per
+    run), each marked done as its last rows are written (:func:`commit_shards`). Fills ``summary`` with counts,
+    ``shards``, ``resumed_shards`` and ``encoded_shards``.
     """
     from .runtime import actor_device, configure_data
 
@@ -184,10 +267,13 @@ def run_encode(cfg: RunConfig, index: pa.Table, vae_path: str, out: str, summary
              index.num_rows, len(plan), len(plan) - len(todo), shape, vae_path, device, ecfg.min_actors,
              ecfg.max_actors)
     for s in todo:
-        dest = storage.join(out, "latents", f"shard={s['id']}")
-        storage.delete_dir(dest)  # partial files of a killed attempt
-        encode_shard(cfg, index.slice(s["start"], s["stop"] - s["start"]), vae_path, shape, device, dest)
-        write_shard_marker(out, s, shard_counts(dest, s["stop"] - s["start"]))
+        storage.delete_dir(storage.join(out, "latents", f"shard={s['id']}"))  # partial files of a killed attempt
+    if todo:
+        stream = encode_stream(cfg, index, todo, vae_path, shape, device, out)
+        try:
+            commit_shards(stream, out, todo)
+        finally:
+            stream.close()  # stops the pipeline (and its actors) when a marker fails or the driver is interrupted
     meta = {"vae": cfg.encode.vae, "vae_path": vae_path, "vae_kind": vae_kind(vae_path, ecfg.vae_kind),
             "image_size": size, "latent_shape": list(shape), "latent": ecfg.latent}
     storage.write_json(storage.join(out, META), meta)
