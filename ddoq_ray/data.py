@@ -290,9 +290,12 @@ def _list_split(source: str, dcfg: DataConfig, max_per_class: int | None, train:
         raise DataError(f"{source}: {what}: {', '.join(empty[:10])}; add images or leave them out "
                         "with data.class_subset")
     meta = index.schema.metadata
-    index = index.filter(pa.array(mask)).append_column("label", pa.array(new[mask]))
-    dup = pc.value_counts(index.column("id")).filter(pc.greater(pc.struct_field(
-        pc.value_counts(index.column("id")), "counts"), 1))
+    if not mask.all():  # a full split (all of ImageNet) keeps its buffers: no copy of the index
+        index = index.filter(pa.array(mask))
+    index = index.append_column("label", pa.array(new[mask]))
+    counts_of = pc.value_counts(index.column("id"))  # one hash table of the ids (1.28 M: ~0.1 GB)
+    dup = counts_of.filter(pc.greater(pc.struct_field(counts_of, "counts"), 1))
+    del counts_of
     if len(dup):
         raise DataError(f"{source}: {len(dup)} duplicate ids, e.g. {dup[0]['values']}; set data.id_column")
     index = index.select(["id", "label", "orig_label", "file", "row"]).replace_schema_metadata(meta)
