@@ -76,6 +76,11 @@ class QuantizeConfig(_Section):
     nredo: int = Field(1, gt=0)
     seed: int = 0
     num_cpus: float = Field(1.0, gt=0, description="CPUs per class task (= faiss threads).")
+    num_gpus: float = Field(
+        0.25, ge=0, le=1, description="GPU share per class task, used only when the cluster has GPUs and the "
+                                      "workers' faiss has GPU support (faiss-gpu): k-means then runs on the GPU. "
+                                      "0 = always CPU. Not in the stage fingerprint (a resource setting)."
+    )
     small_class: Literal["error", "shrink"] = Field(
         "error", description="Class with fewer latents than IPC: fail, or use K = class size (recorded)."
     )

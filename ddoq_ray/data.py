@@ -52,7 +52,7 @@ def detect_format(source: str, fmt: str = "auto") -> str:
             return "webdataset"
         if not storage.exists(source):
             raise DataError(f"{source}: not found")
-        if storage.is_file(source) or any(r.endswith(".parquet") for r, _ in storage.walk_files(source)):
+        if storage.is_file(source) or any(r.endswith(".parquet") for r, _ in folders.walk_uri(source)):
             return "parquet"
         return "imagefolder"
     p = Path(source)
@@ -73,7 +73,7 @@ def _parquet_files(source: str) -> list[str]:
     if storage.is_uri(source):
         if storage.is_file(source):
             return [source]
-        files = [storage.join(source, r) for r, _ in storage.walk_files(source) if r.endswith(".parquet")]
+        files = [storage.join(source, r) for r, _ in folders.walk_uri(source) if r.endswith(".parquet")]
         if not files:
             raise DataError(f"{source}: no *.parquet files (or the location does not exist)")
         return files
@@ -199,7 +199,7 @@ def to_train_labels(orig: np.ndarray, classes: list[str], named: bool, train_cla
 
 def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None,
                train: str | None = None) -> tuple[pa.Table, list[str]]:
-    """Index a split without decoding images.
+    """Index a split without decoding images (a URI tree is listed once per call: :func:`folders.one_listing`).
 
     Args:
         train: for a test split, the train split's location: the split's classes are matched to the train split's
@@ -214,6 +214,12 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None,
         DataError: missing columns, null/out-of-range labels, duplicate ids, empty split, a class with no images;
             with ``train``: a class not in the train split, a train class missing here.
     """
+    with folders.one_listing():
+        return _list_split(source, dcfg, max_per_class, train)
+
+
+def _list_split(source: str, dcfg: DataConfig, max_per_class: int | None, train: str | None
+                ) -> tuple[pa.Table, list[str]]:
     fmt = detect_format(source, dcfg.format)
     classes = load_classes(dcfg, source)
     if fmt in ("webdataset", "cifar"):
@@ -270,11 +276,13 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None,
     remap[keep_labels] = np.arange(len(keep_labels))
     new = remap[orig]
     mask = new >= 0
-    if max_per_class is not None:
-        seen = np.zeros(len(keep_labels), dtype=np.int64)
-        for i in np.flatnonzero(mask):  # first N of each class, in file order (deterministic)
-            seen[new[i]] += 1
-            mask[i] = seen[new[i]] <= max_per_class
+    if max_per_class is not None:  # first N of each class, in file order (deterministic), without a Python loop
+        kept = np.flatnonzero(mask)
+        by_class = np.argsort(new[kept], kind="stable")  # file order within each class
+        first = np.searchsorted(new[kept][by_class], new[kept][by_class], side="left")
+        rank = np.empty(len(kept), dtype=np.int64)
+        rank[by_class] = np.arange(len(kept)) - first
+        mask[kept[rank >= max_per_class]] = False
     counts = np.bincount(new[mask], minlength=len(keep_labels))
     if (counts == 0).any():
         empty = [f"{classes[keep_labels[c]]!r} (label {keep_labels[c]})" for c in np.flatnonzero(counts == 0)]
@@ -282,9 +290,12 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None,
         raise DataError(f"{source}: {what}: {', '.join(empty[:10])}; add images or leave them out "
                         "with data.class_subset")
     meta = index.schema.metadata
-    index = index.filter(pa.array(mask)).append_column("label", pa.array(new[mask]))
-    dup = pc.value_counts(index.column("id")).filter(pc.greater(pc.struct_field(
-        pc.value_counts(index.column("id")), "counts"), 1))
+    if not mask.all():  # a full split (all of ImageNet) keeps its buffers: no copy of the index
+        index = index.filter(pa.array(mask))
+    index = index.append_column("label", pa.array(new[mask]))
+    counts_of = pc.value_counts(index.column("id"))  # one hash table of the ids (1.28 M: ~0.1 GB)
+    dup = counts_of.filter(pc.greater(pc.struct_field(counts_of, "counts"), 1))
+    del counts_of
     if len(dup):
         raise DataError(f"{source}: {len(dup)} duplicate ids, e.g. {dup[0]['values']}; set data.id_column")
     index = index.select(["id", "label", "orig_label", "file", "row"]).replace_schema_metadata(meta)

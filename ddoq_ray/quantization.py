@@ -39,11 +39,13 @@ class ClassQuantization:
 
 
 def kmeans(x: np.ndarray, k: int, niter: int = 50, nredo: int = 1, seed: int = 0,
-           num_threads: int | None = None) -> np.ndarray:
+           num_threads: int | None = None, gpu: bool = False) -> np.ndarray:
     """faiss k-means on all points (no subsampling: ``max_points_per_centroid`` ≥ n).
 
     Args:
         x: float32 ``[n, d]``, n ≥ k.
+        gpu: cluster on the process's GPUs (faiss ``Kmeans(..., gpu=True)``, needs a faiss-gpu build); False
+            leaves the CPU call exactly as it was, so CPU results do not move.
     Returns:
         float32 ``[k, d]`` centroids.
     Source: faiss ``Kmeans`` (wiki "Faiss building blocks: clustering"); default ``max_points_per_centroid=256``
@@ -59,8 +61,9 @@ def kmeans(x: np.ndarray, k: int, niter: int = 50, nredo: int = 1, seed: int = 0
         return x.copy()
     if k == 1:  # the optimum is the mean: no iterations needed (IPC 1)
         return x.astype(np.float64).mean(0, keepdims=True).astype(np.float32)
+    extra = {"gpu": True} if gpu else {}
     km = faiss.Kmeans(d, k, niter=niter, nredo=nredo, seed=seed, verbose=False,
-                      max_points_per_centroid=max(n, 256), min_points_per_centroid=1)
+                      max_points_per_centroid=max(n, 256), min_points_per_centroid=1, **extra)
     km.train(x)
     return np.array(km.centroids, dtype=np.float32).reshape(k, d)
 
@@ -86,11 +89,12 @@ def assign_exact(x: np.ndarray, centroids: np.ndarray, chunk: int = 4096) -> tup
 
 
 def quantize_class(latents: np.ndarray, k: int, niter: int = 50, nredo: int = 1, seed: int = 0,
-                   num_threads: int | None = None) -> ClassQuantization:
+                   num_threads: int | None = None, gpu: bool = False) -> ClassQuantization:
     """k-means + one exact assignment pass → centroids, counts and cell masses of one class.
 
     Args:
         latents: float32 ``[n, *latent_shape]``, n ≥ k ≥ 1.
+        gpu: k-means on the GPU (:func:`kmeans`); the exact float64 assignment pass runs on the CPU either way.
     Raises:
         ValueError: k < 1 or k > n, or non-finite latents.
     """
@@ -101,7 +105,7 @@ def quantize_class(latents: np.ndarray, k: int, niter: int = 50, nredo: int = 1,
     x = np.ascontiguousarray(latents.reshape(n, -1), dtype=np.float32)
     if not np.isfinite(x).all():
         raise ValueError("latents contain NaN/Inf (the encode stage should have skipped those rows)")
-    c = kmeans(x, k, niter, nredo, seed, num_threads)
+    c = kmeans(x, k, niter, nredo, seed, num_threads, gpu=gpu)
     assign, sqdist = assign_exact(x, c)
     counts = np.bincount(assign, minlength=k).astype(np.int64)
     return ClassQuantization(c.reshape(k, *shape), assign, sqdist, counts, counts / n)

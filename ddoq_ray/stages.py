@@ -95,7 +95,7 @@ class Stage:
 REGISTRY: dict[str, Stage] = {s.name: s for s in (
     Stage("encode", "encode:encode_stage", (), _encode_inputs, resumable=True,
           doc="VAE-encode every train image into a latent (Ray Data actor pool)"),
-    Stage("quantize", "quantize:quantize_stage", ("encode",), _section("quantize"),
+    Stage("quantize", "quantize:quantize_stage", ("encode",), _section("quantize", {"num_gpus"}),
           doc="per-class k-means: centroids, cell masses, W2"),
     Stage("subsets", "subsets:subsets_stage", ("encode",), _subsets_inputs,
           doc="the random real subset of every student seed, and its latent W2"),
