@@ -15,8 +15,10 @@ What goes where:
 - **Students** (Ray Train V2): :class:`StudentTracker` is a ``ray.train.UserCallback``; Train V2's ``RunConfig``
   accepts only those (Tune's ``LoggerCallback``\\ s such as ``MLflowLoggerCallback`` are rejected there,
   ray-project/ray#49454, #64179). Its ``after_report`` runs in the Train controller and logs rank 0's reported
-  metrics (``epoch``, ``train_loss``, ``top1``, ``val_top1``) at step ``epoch``; :meth:`StudentTracker.finish`
-  runs in the driver after ``fit()`` and logs the final ``top1``/``wall_s`` under ``final/``. TensorBoard:
+  metrics (``train_loss``, ``epoch_s``, ``val_top1`` under Tune) at step ``epoch``; :meth:`StudentTracker.finish`
+  runs in the driver after ``fit()`` and logs the final ``top1``/``train_loss``/``wall_s`` under ``final/``
+  (measured with Ray 2.60: the last ``ray.train.report`` of a run reaches no user callback, so the final
+  numbers come from the driver). TensorBoard:
   ``<tensorboard_dir>/students/<method>-seed<s>/``; MLflow: one run per student in the experiment; W&B: one run
   per student, grouped by the run's name.
 - **Tune trials**: Ray Tune's own logger callbacks, ``ray.tune.logger.TBXLoggerCallback`` (event files in each

@@ -90,9 +90,11 @@ def test_student_and_results_in_tensorboard(ray_session, tmp_path):
     tb = run_dir / "tracking" / "tensorboard"
     student = read_scalars(tb / "students" / "ddoq-seed0")
     # reports at the checkpoint epochs 2 and 4 (checkpoint_every=2); the final numbers from the driver
-    assert sorted(student["train_loss"]) == [2, 4]
-    assert student["top1"][4] == pytest.approx(out["top1"])
+    # the controller's after_report: the checkpoint report of epoch 2 (checkpoint_every=2); Ray 2.60 passes the
+    # last report (epoch 4) to no user callback, so the driver logs the final numbers (StudentTracker.finish)
+    assert list(student["train_loss"]) == [2] and student["epoch_s"][2] > 0
     assert student["final/top1"] == {4: pytest.approx(out["top1"])}
+    assert student["final/train_loss"] == {4: pytest.approx(out["train_loss"])}
     assert student["final/wall_s"][4] == pytest.approx(out["wall_s"], rel=1e-6)
     run = read_scalars(tb / "run")
     assert {k: v[0] for k, v in run.items()} == pytest.approx({
