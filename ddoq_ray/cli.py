@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -23,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set output_dir=runs/x --set train.seeds=[0]")
         sp.add_argument("--force", action="store_true", help="recompute even if the stage is complete")
+        sp.add_argument("--verbose", action="store_true",
+                        help="Ray's INFO logs and Ray Data's per-operator progress (default: one line per stage, "
+                             "warnings, the results table)")
+        sp.add_argument("--json", action="store_true",
+                        help="print the main numbers of results.json as one JSON object on stdout (logs: stderr)")
         return sp
 
     add("run", f"run (or resume) every stage: {', '.join(STAGES)}")
@@ -45,13 +51,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("--compare", nargs="*", default=[], metavar="RUN_DIR",
                    help="runs at other IPCs for the W2-vs-IPC plot")
+    # Parsed by ddoq_ray.export.main_export (its own --help); listed here so `ddoq-ray --help` shows it.
+    sub.add_parser("export", add_help=False,
+                   help="RUN [OUT] --format hf|imagefolder|webdataset [--method ddoq|d4m]: write a finished run's "
+                        "distilled set (image, label, weight, provenance; dataset card) for other training code")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export"]:
+        return _export(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ddoq-ray %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    from .runtime import set_verbose
+
+    set_verbose(getattr(args, "verbose", False))
     try:
         if args.command == "report":
             from .report import build_report
@@ -79,16 +95,49 @@ def main(argv: list[str] | None = None) -> int:
     except DdoqError as e:  # the user can fix it: one clear message; anything else is a bug and shows a traceback
         print(f"ddoq-ray: error: {e}", file=sys.stderr)
         return 2
+    report = storage.join(res["run_dir"], "report.html")
+    report = report if storage.is_file(report) else None
+    if args.json:
+        print(json.dumps(main_numbers(res, report)))
+        return 0
     print()
     print(results_table(res))
     print(f"\nresults: {storage.join(res['run_dir'], 'results.json')}")
+    print(f"report: {report}" if report else "report: not written (see the warnings above)")
     return 0
 
 
+def main_numbers(res: dict, report: str | None) -> dict:
+    """What ``--json`` prints: run name and directory, IPC, classes, the results/report paths, per-method top-1
+    (mean, std, per seed) and mean latent W2, the teacher's top-1 and each stage's wall time (s)."""
+    from .tracking import summary_metrics
+
+    m = summary_metrics(res)
+    methods = {k: {**v, "w2_mean": m.get(f"{k}/w2_mean")} for k, v in (res.get("methods") or {}).items()}
+    return {"name": res.get("name"), "run_dir": res["run_dir"], "ipc": res.get("ipc"),
+            "classes": len(res.get("classes") or []), "results": storage.join(res["run_dir"], "results.json"),
+            "report": report, "methods": methods, "teacher_top1": m.get("teacher/top1"),
+            "wall_s": {k: v.get("wall_s") for k, v in (res.get("stages") or {}).items()}}
+
+
+def _export(argv: list[str]) -> int:
+    """``ddoq-ray export``: :func:`ddoq_ray.export.main_export` (prints the result as JSON); a
+    :class:`~ddoq_ray.errors.DdoqError` (no decode stage, unknown method) is one line and exit 2."""
+    from .export import main_export
+
+    try:
+        return main_export(argv)
+    except DdoqError as e:
+        print(f"ddoq-ray: error: {e}", file=sys.stderr)
+        return 2
+
+
 def _tune(cfg) -> int:
+    from .tracking import session
     from .tune import run_tune
 
-    res = run_tune(cfg)
+    with session(cfg, storage.normalize(cfg.output_dir)):  # Tune trials log to the tracking: backends
+        res = run_tune(cfg)
     print()
     print(res["table"])
     best = res["best"]

@@ -323,6 +323,15 @@ class RayConfig(_Section):
     )
 
 
+class TrackingConfig(_Section):
+    """Experiment tracking, off by default and in no stage fingerprint: fields in ddoq_ray/tracking.py's docstring."""
+    backends: list[Literal["tensorboard", "mlflow", "wandb"]] = []
+    experiment: str | None = None
+    tensorboard_dir: str | None = None
+    mlflow_tracking_uri: str | None = None
+    log_artifacts: bool = True
+
+
 class RunConfig(_Section):
     """A whole DDOQ run: data -> encode -> quantize -> decode -> train."""
 
@@ -340,6 +349,7 @@ class RunConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     ray: RayConfig = RayConfig()
     tune: TuneConfig | None = None
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("output_dir")
     @classmethod

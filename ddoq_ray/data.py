@@ -156,12 +156,19 @@ def split_classes(source: str, dcfg: DataConfig) -> list[str]:
     classes = load_classes(dcfg, source)
     if classes is not None:
         return classes
-    top = -1
+    fmt = detect_format(source, dcfg.format)
+    if fmt in ("webdataset", "cifar"):  # as list_split names them: sorted string labels, else 0..max
+        index, names = formats.string_labels(formats.list_index(fmt, source, dcfg.label_column), None, source)
+        return names or [str(i) for i in range(int(pc.max(index.column("orig_label")).as_py()) + 1)]
+    top, names = -1, set()
     for f in _parquet_files(source):
         fs, path = storage.resolve(f, field="data")
         labels = pq.read_table(path, filesystem=fs, columns=[dcfg.label_column]).column(dcfg.label_column)
-        top = max(top, pc.max(labels).as_py() if len(labels) else -1)
-    return [str(i) for i in range(int(top) + 1)]
+        if pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type):  # HF string labels
+            names.update(str(v) for v in pc.unique(labels).to_pylist())
+        else:
+            top = max(top, pc.max(labels).as_py() if len(labels) else -1)
+    return sorted(names) if names else [str(i) for i in range(int(top) + 1)]
 
 
 def to_train_labels(orig: np.ndarray, classes: list[str], named: bool, train_classes: list[str], source: str,

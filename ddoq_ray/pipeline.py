@@ -67,22 +67,41 @@ def metrics_possible(run: Run) -> bool:
 
 def run_all(cfg: RunConfig, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict:
     """Run (or resume) the given stages and every stage they read, in registry order; then write
-    ``results.json`` and the report and return the results. ``force`` recomputes only the stages named."""
-    run = Run(cfg)
-    run.prepare()
-    for name in closure(stages):
-        if name == "metrics" and not metrics_possible(run):
-            continue
-        run_stage(run, name, force and name in stages)
-    res = write_results(run)
-    if "quantize" in res["stages"]:
-        try:
-            from .report import build_report
+    ``results.json`` and the report, log them to the ``tracking:`` backends (:mod:`ddoq_ray.tracking`) and return
+    the results. ``force`` recomputes only the stages named.
 
-            build_report(run.dir)
-        except Exception as e:  # noqa: BLE001 - a broken plot must never fail a finished run
-            log.warning("report: could not be written (%s); retry with `ddoq-ray report %s`", e, run.dir)
+    Raises:
+        ConfigError: a ``tracking.backends`` package is missing (checked before any stage runs).
+    """
+    from . import tracking
+
+    run = Run(cfg)
+    with tracking.session(cfg, run.dir) as tr:
+        log.info("run directory: %s (config.yaml, one folder per stage; results.json and report.html at the end)",
+                 run.dir)
+        if tr is not None:
+            log.info("tracking: %s", ", ".join(_where_tracked(tr)))
+        run.prepare()
+        for name in closure(stages):
+            if name == "metrics" and not metrics_possible(run):
+                continue
+            run_stage(run, name, force and name in stages)
+        res = write_results(run)
+        if "quantize" in res["stages"]:
+            try:
+                from .report import build_report
+
+                build_report(run.dir)
+            except Exception as e:  # noqa: BLE001 - a broken plot must never fail a finished run
+                log.warning("report: could not be written (%s); retry with `ddoq-ray report %s`", e, run.dir)
+        tracking.log_results(tr, res, run.dir)
     return res
+
+
+def _where_tracked(tr) -> list[str]:
+    where = {"tensorboard": f"tensorboard --logdir {tr.tensorboard_dir}", "mlflow": f"mlflow at {tr.mlflow_uri}",
+             "wandb": f"wandb project {tr.experiment}"}
+    return [where[b] for b in tr.backends]
 
 
 __all__ += ["REGISTRY", "metrics_possible"]

@@ -6,6 +6,10 @@
   add a GPU node), never a silent CPU fallback and never a hang.
 - :func:`configure_data`: Ray Data settings that must be in place *before* a Dataset is built (the Dataset
   captures the ``DataContext`` when it is created).
+- :func:`set_verbose`: the CLI's ``--verbose``. Quiet (the default): Ray's own INFO logs and Ray Data's
+  per-operator progress are off on the console (Ray Data still writes everything to the session's
+  ``logs/ray-data/ray-data.log``), warnings are kept; on a terminal Ray Data shows one global progress bar with an
+  ETA, in a log file none (its non-terminal progress is a multi-line block every few seconds).
 
 Fault tolerance comes from Ray's defaults, which ddoq-ray keeps (Ray 2.60): Ray Data actor pools run with
 ``max_restarts=-1`` and ``max_task_retries=-1`` (an actor lost with its node is restarted elsewhere and its
@@ -24,6 +28,14 @@ from .config import RayConfig
 from .errors import DdoqError
 
 log = logging.getLogger("ddoq_ray")
+_verbose = False  # set by the CLI's --verbose (set_verbose); quiet by default, also for library callers
+
+
+def set_verbose(verbose: bool) -> None:
+    """``True``: Ray's INFO logs and Ray Data's per-operator progress on the console (as Ray's defaults);
+    ``False`` (default): only warnings from Ray and one Ray Data progress bar on a terminal."""
+    global _verbose
+    _verbose = bool(verbose)
 
 
 class GPUUnavailableError(DdoqError, RuntimeError):
@@ -45,12 +57,18 @@ def init_ray(rcfg: RayConfig) -> None:
     address = rcfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("attaching to Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=_ray_log_level())
         return
     kwargs = {"num_cpus": rcfg.num_cpus, "object_store_memory": rcfg.object_store_memory,
               "include_dashboard": rcfg.include_dashboard}
     log.info("starting an embedded local Ray cluster")
-    ray.init(address="local", log_to_driver=False, **{k: v for k, v in kwargs.items() if v is not None})
+    ray.init(address="local", log_to_driver=False, logging_level=_ray_log_level(),
+             **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _ray_log_level() -> int:
+    # ray.init(logging_level=...) sets the driver's "ray" logger ("Started a local Ray instance", ...).
+    return logging.INFO if _verbose else logging.WARNING
 
 
 def cluster_gpus() -> int:
@@ -135,3 +153,23 @@ def configure_data(rcfg: RayConfig) -> None:
 
     ctx = DataContext.get_current()
     ctx.wait_for_min_actors_s = rcfg.actor_wait_s if rcfg.actor_wait_s > 0 else -1
+    ctx.enable_operator_progress_bars = _verbose
+    _ray_data_console(logging.INFO if _verbose else logging.WARNING)
+
+
+class _DropProgressHint(logging.Filter):
+    """Ray Data warns once that operator progress bars are off and how to turn them on: here that is --verbose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Progress bars for operators disabled")
+
+
+def _ray_data_console(level: int) -> None:
+    """Set the level of the ``ray.data`` logger's console handler (Ray Data's logging config: a file handler into
+    the session's ray-data.log at DEBUG, a console handler at INFO; ray/data/_internal/logging.py). Its
+    execution plans, "execution finished" lines and, off a terminal, its progress blocks are INFO."""
+    for h in logging.getLogger("ray.data").handlers:
+        if isinstance(h, logging.StreamHandler):
+            h.setLevel(level)
+            if not any(isinstance(f, _DropProgressHint) for f in h.filters):
+                h.addFilter(_DropProgressHint())

@@ -167,7 +167,8 @@ def train_student_ray(
             ``s3://bucket/run/train/attempt-x/ray``). A run directory with checkpoints
             from an earlier attempt of the same name is resumed by Ray Train.
         val, val_every: validation set reported as ``val_top1`` every ``val_every`` epochs (Tune).
-        callbacks: Ray Train ``UserCallback``s (e.g. Tune's ``TuneReportCallback``).
+        callbacks: Ray Train ``UserCallback``s (e.g. Tune's ``TuneReportCallback``); the active tracking's
+            :class:`~ddoq_ray.tracking.StudentTracker` is added (:func:`ddoq_ray.tracking.session`).
         fault: test hook ``{"flag_file": path, "epoch": e}``: the first attempt's worker exits after the
             checkpoint at epoch ``e`` (see :func:`_maybe_inject_fault`).
         tune_keys: add ``epochs`` (planned) and ``finished`` to every report, for a Tune trial
@@ -184,7 +185,10 @@ def train_student_ray(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from ddoq_ray.tracking import student_callbacks
+
     t0 = time.perf_counter()
+    trackers = student_callbacks(name)  # tracking: section (ddoq_ray.tracking); [] when off
     local = cfg.num_workers == 0
     spec = teacher_spec
     if local:
@@ -231,7 +235,7 @@ def train_student_ray(
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
+            callbacks=[*(callbacks or []), *trackers],
         ),
     )
     result = trainer.fit()
@@ -244,4 +248,6 @@ def train_student_ray(
     if out.get("top1") is None:
         raise RuntimeError(f"student run {name}: no top1 in the final report ({result.metrics})")
     out["wall_s"] = time.perf_counter() - t0
+    for t in trackers:
+        t.finish(out)
     return out

@@ -88,6 +88,8 @@ def sweep(train: dict, val: dict, test: dict | None, spec: dict | None, tcfg: Tr
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from ..tracking import tune_callbacks
+
     if tcfg.label_mode == "precomputed":
         raise UserValueError("tune: train.label_mode=precomputed is not swept (soft labels depend on the trial's "
                          "epochs); tune with online labels, then train the chosen config with precomputed ones")
@@ -124,7 +126,8 @@ def sweep(train: dict, val: dict, test: dict | None, spec: dict | None, tcfg: Tr
                                         search_alg=BasicVariantGenerator(random_state=tc.seed,
                                                                          max_concurrent=n_conc)),
             run_config=tune.RunConfig(name=name, storage_path=root, storage_filesystem=fs, verbose=0,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      callbacks=tune_callbacks(name)),  # tracking: (ddoq_ray.tracking)
         )
     log.info("tune: %d samples, up to %d trials at once (%s per trial, %s), ASHA max_t=%d epochs",
              tc.num_samples, n_conc, resources, tc.trainer, epochs_max)
