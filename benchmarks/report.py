@@ -165,7 +165,9 @@ def main():
          ".venv/bin/python -m benchmarks --report   # re-render this file from the stored JSON only",
          "```", "",
          "Needs the `bench` extra (`pip install -e '.[bench]'`: scikit-learn), the offline assets "
-         "(`/work/shared/models/taesd`, `/work/shared/data/cifar10`), and for `bench_quantize` real CIFAR-10 latents "
+         "under the assets root "
+         "(`assets:models/taesd`, `assets:data/cifar10`: `$DDOQ_ASSETS`, else `../shared`, as for the CLI), "
+         "and for `bench_quantize` real CIFAR-10 latents "
          "from the main job's encode stage (`--run-dir`, default `runs/cifar10_taesd_ipc10`; skipped if absent). "
          "`bench_quantize_scale` writes ~21 GB of synthetic latents to `/tmp/ddoq_bench_scale` for 1,000 classes "
          "(`--classes 100 300` for ~6 GB).", "",
