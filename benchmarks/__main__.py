@@ -13,7 +13,8 @@ import importlib
 import os
 import sys
 
-SCRIPTS = ["bench_quantize", "bench_w2", "bench_encode", "bench_quantize_scale", "bench_main_job"]
+SCRIPTS = ["bench_quantize", "bench_w2", "bench_encode", "bench_quantize_scale", "bench_main_job", "bench_jpeg",
+           "cost_model"]
 
 
 def main(argv=None):

@@ -27,8 +27,8 @@ import numpy as np
 
 from benchmarks._common import median, table, write_result
 
-TRAIN = "/work/shared/data/cifar10/train.parquet"
-VAE = "/work/shared/models/taesd"
+TRAIN_REF = "assets:data/cifar10/train.parquet"  # found under the assets root, as the CLI does
+VAE_REF = "assets:models/taesd"
 CONFIG = "configs/cifar10_taesd_ipc10.yaml"
 
 
@@ -119,7 +119,13 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=10_000, help="end-to-end images (default 10,000)")
     p.add_argument("--kernel-images", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--assets-root", default=None, help="assets folder (default $DDOQ_ASSETS, else ../shared)")
     a = p.parse_args(argv)
+    global TRAIN, VAE
+    from ddoq_ray.assets import assets_root, resolve
+
+    root = assets_root(a.assets_root)
+    TRAIN, VAE = resolve(TRAIN_REF, root, kind="data"), resolve(VAE_REF, root)
     n_img, n_kernel, repeats = (1000, 256, 1) if a.quick else (a.images, a.kernel_images, a.repeats)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -154,6 +154,55 @@ def goals(q, qs, enc, w2, mj) -> list[str]:
     return out
 
 
+def gpu_sections(jp, cm, gc) -> list[str]:
+    """JPEG decode cost, the GPU check (or how to run it) and the cost model."""
+    L = []
+    if jp:
+        L += ["## JPEG decode cost and CPUs per GPU (`bench_jpeg.py`)", "",
+              f"{jp['images']} {jp['source_images']}, saved as JPEG quality {jp['jpeg_quality']} (mean "
+              f"{jp['mean_jpeg_kb']:.0f} KB), through `ddoq_ray.images.decode_image` on one core; median of "
+              f"{jp['repeats']} interleaved passes. Upscaled CIFAR is smoother than real photos, so real ImageNet "
+              "JPEGs decode somewhat slower.", "", _fmt_rows(jp["rows"], jp["columns"]), "",
+              f"Cores to keep one GPU's SD-VAE encoder fed (published encoder timings: {jp['encoder_source']}; "
+              f"`cores_with_headroom` = ceil({jp['headroom']} × needed), as batched encoding beats batch 1):", "",
+              _fmt_rows(jp["cpus_per_gpu"], jp["cpus_per_gpu_columns"]), "",
+              "- The `cluster/` GPU workers (8 vCPU per GPU: AWS g5.2xlarge, GCP g2-standard-8, KubeRay pods with 8 "
+              "CPUs) therefore keep their shape: encode needs 1–2 cores per GPU, the rest run the quantize tasks "
+              "(1 CPU per class) and the Ray Data reads.", ""]
+    L += ["## GPU check (`gpu_check.py`)", ""]
+    if gc and gc.get("cuda"):
+        L += [f"Ran on {gc['device']} (torch {gc['torch']}, CUDA {gc['cuda_version']}) on {gc['machine']['date']}, "
+              f"{gc['total_s']:.0f} s in all.", "", _fmt_rows(gc["rows"], gc["columns"]), ""]
+    else:
+        L += ["**No GPU machine was available to this work, so the check has not run on CUDA yet**; the test suite "
+              "runs it on CPU at tiny sizes (`tests/test_gpu_check.py`) and the cost model below uses published "
+              "figures. To run it on a bare CUDA machine that has torch, timm, transformers and pyarrow but no "
+              "package registry, bring these wheels (under 10 MB in all; no Ray; diffusers "
+              "also needs the huggingface_hub, safetensors and regex that transformers brings) and the repository:", "",
+              "```bash", "pip download --no-deps -d wheels diffusers==0.42.1 pydantic==2.14.4 pydantic-core "
+              "annotated-types typing-inspection pyyaml   # on a machine with a registry (pydantic-core: the "
+              "GPU machine's Python/platform)",
+              "pip install --no-index --no-deps wheels/*.whl      # on the GPU machine",
+              "PYTHONPATH=. python -m benchmarks.gpu_check       # < 8 min (--budget-s 420); writes "
+              "benchmarks/results/gpu_check.json",
+              "python -m benchmarks --report                     # re-render this file with its table", "```", "",
+              "faiss-gpu (the `gpu` extra) is optional: without `faiss.StandardGpuResources` the faiss row says so and "
+              "times the CPU k-means instead.", ""]
+    if cm:
+        L += ["## Cost model (`cost_model.py`)", "",
+              "GPU-hours per stage on one A100-class GPU, for each shipped ImageNet config at IPC 10 and 50 (the "
+              "configs carry the same figures in their comments). FLOPs per forward counted on the real "
+              "architectures: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP" for k, v in cm["flops_per_forward"].items())
+              + ". Sources:", ""] + [f"- {k}: {v}" for k, v in cm["sources"].items()] + [
+              "", _fmt_rows(cm["rows"], cm["columns"], floatfmt=".3g"), "",
+              "Totals: " + "; ".join(f"{k}: {v:.1f} GPU-h" for k, v in cm["gpu_hours_total"].items()) + ".", "",
+              "- Peak GPU memory of decode and train is left empty until `gpu_check.py` has run on a GPU (it fills "
+              "in from `benchmarks/results/gpu_check.json`). The encode figure is the published batch-1 memory × "
+              "the config's batch size, an upper bound that exceeds a 24 GB GPU: lower `encode.batch_size` "
+              "(e.g. 32 at 256 px, 16 at 512 px) on A10G/L4 workers.", ""]
+    return L
+
+
 def main():
     q, qs, enc, w2, mj = (_load(n) for n in ("bench_quantize", "bench_quantize_scale", "bench_encode", "bench_w2",
                                                "bench_main_job"))
@@ -165,7 +214,9 @@ def main():
          ".venv/bin/python -m benchmarks --report   # re-render this file from the stored JSON only",
          "```", "",
          "Needs the `bench` extra (`pip install -e '.[bench]'`: scikit-learn), the offline assets "
-         "(`/work/shared/models/taesd`, `/work/shared/data/cifar10`), and for `bench_quantize` real CIFAR-10 latents "
+         "under the assets root "
+         "(`assets:models/taesd`, `assets:data/cifar10`: `$DDOQ_ASSETS`, else `../shared`, as for the CLI), "
+         "and for `bench_quantize` real CIFAR-10 latents "
          "from the main job's encode stage (`--run-dir`, default `runs/cifar10_taesd_ipc10`; skipped if absent). "
          "`bench_quantize_scale` writes ~21 GB of synthetic latents to `/tmp/ddoq_bench_scale` for 1,000 classes "
          "(`--classes 100 300` for ~6 GB).", "",
@@ -229,6 +280,7 @@ def main():
               _fmt_rows(mj.get("students") or [], ["time", "method", "seed", "top1", "wall_s"]), "",
               f"`/usr/bin/time -v`: {mj['time_v'] or 'not in the log yet (the job was still running)'}", ""]
         L += [f"- {n}" for n in mj.get("notes", [])] + [""]
+    L += gpu_sections(_load("bench_jpeg"), _load("cost_model"), _load("gpu_check"))
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(L) + "\n")
     print(f"wrote {DOC.relative_to(ROOT)}")
