@@ -187,7 +187,7 @@ def main(argv=None):
     print(table(rows, cols))
     print("build times (s):", builds)
     if not a.no_write:
-        write_result("bench_index", {"quick": a.quick, "code": [str(c) for c in a.code], "per_class": per_class,
+        write_result("bench_index", {"quick": a.quick, "code": [c.name for c in a.code], "per_class": per_class,
                                      "shards": shards, "s3_files": s3_files, "build_s": builds, "rows": rows})
 
 

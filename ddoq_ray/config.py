@@ -12,11 +12,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import DdoqError
-
-
-class ConfigError(DdoqError, ValueError):
-    """A config file or override is invalid; the message names the file and field."""
+from .errors import ConfigError  # noqa: F401 - part of this module's API (load_config raises it)
+from .overrides import apply_overrides, format_errors
 
 
 class _Section(BaseModel):
@@ -359,41 +356,6 @@ class RunConfig(_Section):
         return v
 
 
-def _parse_value(raw: str) -> Any:
-    """`--set` values are YAML scalars/lists: `3`, `true`, `[0, 1]`, `null`, `runs/x`."""
-    return yaml.safe_load(raw)
-
-
-def apply_overrides(doc: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` strings to a nested dict (in place) and return it.
-
-    Raises:
-        ConfigError: an override without ``=``.
-    """
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=10")
-        key, raw = item.split("=", 1)
-        node = doc
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
-        node[parts[-1]] = _parse_value(raw)
-    return doc
-
-
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"invalid config {source}:"]
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        unknown = e["type"] == "extra_forbidden"
-        msg = "unknown key (check spelling; see configs/ for valid keys)" if unknown else e["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML run config (a local path, or a URI such as a run directory's ``s3://.../config.yaml``) and
     apply ``--set`` overrides.
@@ -416,7 +378,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     try:
         return RunConfig.model_validate(doc)
     except ValidationError as e:
-        raise ConfigError(_format_errors(str(path), e)) from e
+        raise ConfigError(format_errors(str(path), e)) from e
 
 
 def dump_config(cfg: RunConfig) -> str:

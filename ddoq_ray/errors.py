@@ -17,6 +17,10 @@ class UserValueError(DdoqError, ValueError):
     """A value given by the user (config field, CLI argument, data content) is invalid."""
 
 
+class ConfigError(UserValueError):
+    """A config file or override is invalid; the message names the file and field."""
+
+
 class DataError(DdoqError, ValueError):
     """The dataset's layout or columns are wrong; the message names the file/field and the fix."""
 
