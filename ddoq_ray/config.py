@@ -12,11 +12,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import DdoqError
+from .errors import ConfigError
+from .overrides import apply_overrides, format_errors
 
-
-class ConfigError(DdoqError, ValueError):
-    """A config file or override is invalid; the message names the file and field."""
+__all__ = ["ConfigError", "apply_overrides"]  # ConfigError lives in ddoq_ray.errors (leaf modules raise it)
 
 
 class _Section(BaseModel):
@@ -69,8 +68,24 @@ class EncodeConfig(_Section):
 
 
 class QuantizeConfig(_Section):
-    """Stage 2: per-class k-means (faiss), exact cell masses and latent W2."""
+    """Stage 2: per-class clustering (:mod:`ddoq_ray.clustering`), exact cell masses and latent W2.
 
+    The stage runs every algorithm in ``algorithms`` and every one a configured method needs
+    (:func:`ddoq_ray.artifacts.method_presets.needed_algorithms`), each followed by the exact assignment pass.
+    """
+
+    algorithms: list[Literal["lloyd", "minibatch", "clvq"]] = Field(
+        ["lloyd"], description="Clusterings computed even if no method trains on them (for the W2 decomposition); "
+                               "lloyd: faiss k-means (seed + label per class); minibatch: D4M's MiniBatchKMeans "
+                               "partial_fit over mini-batches of km_expand*IPC latents in stored order, "
+                               "random_state = seed for every class (D4M: 0); clvq: one streaming pass, eta=1/count."
+    )
+    km_expand: int = Field(1, ge=1, description="minibatch: mini-batch size = km_expand * IPC (D4M ImageNet: 1).")
+    init: Literal["random", "k-means++"] = Field(
+        "random", description="lloyd seeding: random (faiss, the pre-issue-14 stage exactly) or k-means++ "
+                              "(scikit-learn kmeans_plusplus, then faiss iterations)."
+    )
+    n_init: int = Field(1, ge=1, description="lloyd restarts; the lowest exact inertia is kept (restart 0 = seed).")
     ipc: int = Field(10, gt=0, description="Images per class = K centroids per class.")
     niter: int = Field(50, gt=0)
     nredo: int = Field(1, gt=0)
@@ -172,10 +187,20 @@ class TrainConfig(_Section):
     per-class mean-1 weights). See README "Students, soft labels and Tune sweeps".
     """
 
-    methods: list[Literal["random", "d4m", "ddoq"]] = ["random", "d4m", "ddoq"]
+    methods: list[str] = Field(
+        ["random", "d4m", "ddoq"], description="Method presets (clustering, weights, images), "
+                                               "ddoq_ray.artifacts.method_presets: random, herding, k_center, d4m, "
+                                               "ddoq, lloyd_uniform, lloyd_mass, clvq_uniform, clvq_mass, "
+                                               "ddoq_nearest, lloyd_nearest."
+    )
+    protocol: Literal["rded", "sre2l", "dd_ranking", "hard", "ddoq_hard"] | None = Field(
+        None, description="Evaluation preset (ddoq_ray.students.protocols): sets the train fields it defines at "
+                          "config load; fields written in the config (or --set) win over the preset."
+    )
     weight_scheme: Literal["uniform", "mass", "sqrt_mass", "power", "tempered"] = Field(
-        "mass", description="Centroid weight used by the `ddoq` method (d4m is always uniform). power: mass**alpha; "
-                            "tempered: softmax(log(mass) / weight_tau) within the class."
+        "mass", description="Centroid weight of the `mass` methods (ddoq, lloyd_mass, nearest ones; the uniform "
+                            "ones are always uniform). power: mass**alpha; tempered: softmax(log(mass) / "
+                            "weight_tau) within the class."
     )
     weight_alpha: float = Field(1.0, description="Exponent for `power`: w ∝ mass**alpha.")
     weight_tau: float = Field(1.0, gt=0, description="Temperature for `tempered` (1 = mass, large -> uniform).")
@@ -227,6 +252,13 @@ class TrainConfig(_Section):
         "auto", description="Student/teacher autocast. auto: bf16 on CPUs with AVX512-BF16/AMX, fp16 on GPU."
     )
 
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        from .artifacts.method_presets import check_method
+
+        return [check_method(m) for m in v]
+
     def resolved_lr(self) -> float:
         """``lr`` if set, else the per-architecture default for ``student`` (see :func:`default_lr`)."""
         from .students.defaults import default_lr
@@ -243,7 +275,7 @@ class TuneConfig(_Section):
     qrandint, randn (args as in ``ray.tune``), choice (a list), grid (``tune.grid_search``).
     """
 
-    method: Literal["ddoq", "d4m", "random"] = Field("ddoq", description="Which distilled set the students train on.")
+    method: str = Field("ddoq", description="Which method's set the students train on (a train.methods preset).")
     search_space: dict[str, Any] = Field(default_factory=dict)
     num_samples: int = Field(8, ge=1, description="Trials (per grid point when `grid` is used).")
     metric: Literal["val_top1"] = "val_top1"
@@ -266,6 +298,13 @@ class TuneConfig(_Section):
     )
     seed: int = Field(0, description="Student seed in every trial; also seeds the search algorithm.")
     time_budget_s: float | None = Field(None, gt=0)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        from .artifacts.method_presets import check_method
+
+        return check_method(v)
 
     @field_validator("search_space")
     @classmethod
@@ -343,40 +382,12 @@ class RunConfig(_Section):
             raise ValueError("output_dir must not be empty")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol(cls, doc: Any) -> Any:
+        from .students.protocols import apply_protocol
 
-def _parse_value(raw: str) -> Any:
-    """`--set` values are YAML scalars/lists: `3`, `true`, `[0, 1]`, `null`, `runs/x`."""
-    return yaml.safe_load(raw)
-
-
-def apply_overrides(doc: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` strings to a nested dict (in place) and return it.
-
-    Raises:
-        ConfigError: an override without ``=``.
-    """
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=10")
-        key, raw = item.split("=", 1)
-        node = doc
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
-        node[parts[-1]] = _parse_value(raw)
-    return doc
-
-
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"invalid config {source}:"]
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        unknown = e["type"] == "extra_forbidden"
-        msg = "unknown key (check spelling; see configs/ for valid keys)" if unknown else e["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+        return apply_protocol(doc, QuantizeConfig.model_fields["ipc"].default) if isinstance(doc, dict) else doc
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -401,7 +412,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     try:
         return RunConfig.model_validate(doc)
     except ValidationError as e:
-        raise ConfigError(_format_errors(str(path), e)) from e
+        raise ConfigError(format_errors(str(path), e)) from e
 
 
 def dump_config(cfg: RunConfig) -> str:
