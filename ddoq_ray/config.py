@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError  # noqa: F401 - part of this module's API (load_config raises it)
+from .config_base import Section as _Section
+from .config_runtime import MetricsConfig, RayConfig, TrackingConfig
+from .errors import ConfigError
 from .overrides import apply_overrides, format_errors
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+# ConfigError lives in ddoq_ray.errors (leaf modules raise it); the runtime sections in config_runtime.
+__all__ = ["ConfigError", "MetricsConfig", "RayConfig", "TrackingConfig", "apply_overrides"]
 
 
 class DataConfig(_Section):
@@ -66,8 +67,24 @@ class EncodeConfig(_Section):
 
 
 class QuantizeConfig(_Section):
-    """Stage 2: per-class k-means (faiss), exact cell masses and latent W2."""
+    """Stage 2: per-class clustering (:mod:`ddoq_ray.clustering`), exact cell masses and latent W2.
 
+    The stage runs every algorithm in ``algorithms`` and every one a configured method needs
+    (:func:`ddoq_ray.artifacts.method_presets.needed_algorithms`), each followed by the exact assignment pass.
+    """
+
+    algorithms: list[Literal["lloyd", "minibatch", "clvq"]] = Field(
+        ["lloyd"], description="Clusterings computed even if no method trains on them (for the W2 decomposition); "
+                               "lloyd: faiss k-means (seed + label per class); minibatch: D4M's MiniBatchKMeans "
+                               "partial_fit over mini-batches of km_expand*IPC latents in stored order, "
+                               "random_state = seed for every class (D4M: 0); clvq: one streaming pass, eta=1/count."
+    )
+    km_expand: int = Field(1, ge=1, description="minibatch: mini-batch size = km_expand * IPC (D4M ImageNet: 1).")
+    init: Literal["random", "k-means++"] = Field(
+        "random", description="lloyd seeding: random (faiss, the pre-issue-14 stage exactly) or k-means++ "
+                              "(scikit-learn kmeans_plusplus, then faiss iterations)."
+    )
+    n_init: int = Field(1, ge=1, description="lloyd restarts; the lowest exact inertia is kept (restart 0 = seed).")
     ipc: int = Field(10, gt=0, description="Images per class = K centroids per class.")
     niter: int = Field(50, gt=0)
     nredo: int = Field(1, gt=0)
@@ -174,10 +191,20 @@ class TrainConfig(_Section):
     per-class mean-1 weights). See README "Students, soft labels and Tune sweeps".
     """
 
-    methods: list[Literal["random", "d4m", "ddoq"]] = ["random", "d4m", "ddoq"]
+    methods: list[str] = Field(
+        ["random", "d4m", "ddoq"], description="Method presets (clustering, weights, images), "
+                                               "ddoq_ray.artifacts.method_presets: random, herding, k_center, d4m, "
+                                               "ddoq, lloyd_uniform, lloyd_mass, clvq_uniform, clvq_mass, "
+                                               "ddoq_nearest, lloyd_nearest."
+    )
+    protocol: Literal["rded", "sre2l", "dd_ranking", "hard", "ddoq_hard"] | None = Field(
+        None, description="Evaluation preset (ddoq_ray.students.protocols): sets the train fields it defines at "
+                          "config load; fields written in the config (or --set) win over the preset."
+    )
     weight_scheme: Literal["uniform", "mass", "sqrt_mass", "power", "tempered"] = Field(
-        "mass", description="Centroid weight used by the `ddoq` method (d4m is always uniform). power: mass**alpha; "
-                            "tempered: softmax(log(mass) / weight_tau) within the class."
+        "mass", description="Centroid weight of the `mass` methods (ddoq, lloyd_mass, nearest ones; the uniform "
+                            "ones are always uniform). power: mass**alpha; tempered: softmax(log(mass) / "
+                            "weight_tau) within the class."
     )
     weight_alpha: float = Field(1.0, description="Exponent for `power`: w ∝ mass**alpha.")
     weight_tau: float = Field(1.0, gt=0, description="Temperature for `tempered` (1 = mass, large -> uniform).")
@@ -229,6 +256,13 @@ class TrainConfig(_Section):
         "auto", description="Student/teacher autocast. auto: bf16 on CPUs with AVX512-BF16/AMX, fp16 on GPU."
     )
 
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        from .artifacts.method_presets import check_method
+
+        return [check_method(m) for m in v]
+
     def resolved_lr(self) -> float:
         """``lr`` if set, else the per-architecture default for ``student`` (see :func:`default_lr`)."""
         from .students.defaults import default_lr
@@ -245,7 +279,7 @@ class TuneConfig(_Section):
     qrandint, randn (args as in ``ray.tune``), choice (a list), grid (``tune.grid_search``).
     """
 
-    method: Literal["ddoq", "d4m", "random"] = Field("ddoq", description="Which distilled set the students train on.")
+    method: str = Field("ddoq", description="Which method's set the students train on (a train.methods preset).")
     search_space: dict[str, Any] = Field(default_factory=dict)
     num_samples: int = Field(8, ge=1, description="Trials (per grid point when `grid` is used).")
     metric: Literal["val_top1"] = "val_top1"
@@ -269,6 +303,13 @@ class TuneConfig(_Section):
     seed: int = Field(0, description="Student seed in every trial; also seeds the search algorithm.")
     time_budget_s: float | None = Field(None, gt=0)
 
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        from .artifacts.method_presets import check_method
+
+        return check_method(v)
+
     @field_validator("search_space")
     @classmethod
     def _space(cls, v: dict) -> dict:
@@ -282,51 +323,6 @@ class TuneConfig(_Section):
 
         check_space(v, TrainConfig.model_fields, check_value)
         return v
-
-
-class MetricsConfig(_Section):
-    """Stage 5: image-space distribution metrics of each distilled set against the real test split."""
-
-    enabled: bool = True
-    features: str = Field(
-        "teacher", description="Feature extractor: `teacher` (the run's teacher, penultimate layer) or ARCH:CHECKPOINT "
-                               "(any model name + local checkpoint loadable as a teacher)."
-    )
-    inception: Literal["auto", "off"] = Field(
-        "auto", description="auto: also Inception FID via torchmetrics when installed with weights; else skipped."
-    )
-    k: int = Field(5, gt=0, description="k of the k-NN balls for precision/recall/density/coverage.")
-    max_real_per_class: int | None = Field(500, gt=0, description="Real test images per class used (None: all).")
-
-
-class RayConfig(_Section):
-    address: str | None = Field(
-        None, description="None: RAY_ADDRESS if set, else a local embedded cluster. 'auto' or ray://... to attach."
-    )
-    num_cpus: int | None = Field(None, description="Logical CPUs for an embedded local cluster.")
-    object_store_memory: int | None = None
-    include_dashboard: bool = False
-    require_gpu: bool = Field(
-        False, description="Encode/decode actors must run on GPUs: wait up to gpu_wait_s for the cluster to have "
-                           "one, then fail with an error (never fall back to CPUs). False: GPUs only if present."
-    )
-    gpu_wait_s: float = Field(
-        600.0, ge=0, description="How long require_gpu waits for GPU nodes (an autoscaling group may start at 0)."
-    )
-    actor_wait_s: float = Field(
-        900.0, description="Ray Data wait_for_min_actors_s: an actor pool that cannot start its minimum actors "
-                           "(and load their models) within this many seconds fails instead of hanging; <= 0 waits "
-                           "forever."
-    )
-
-
-class TrackingConfig(_Section):
-    """Experiment tracking, off by default and in no stage fingerprint: fields in ddoq_ray/tracking.py's docstring."""
-    backends: list[Literal["tensorboard", "mlflow", "wandb"]] = []
-    experiment: str | None = None
-    tensorboard_dir: str | None = None
-    mlflow_tracking_uri: str | None = None
-    log_artifacts: bool = True
 
 
 class RunConfig(_Section):
@@ -354,6 +350,13 @@ class RunConfig(_Section):
         if not v.strip():
             raise ValueError("output_dir must not be empty")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol(cls, doc: Any) -> Any:
+        from .students.protocols import apply_protocol
+
+        return apply_protocol(doc, QuantizeConfig.model_fields["ipc"].default) if isinstance(doc, dict) else doc
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -10,8 +10,11 @@ For the diffusion modes the centroids must live in the decode model's latent spa
 
 Artifact ``<run>/decode/<attempt>/`` (:func:`ddoq_ray.rundir.stage_path`; any filesystem, written by the driver):
 - ``synthetic/<class name>/<label>_<k>.png`` (``<label>_<k>_<copy>.png`` when ``images_per_centroid`` > 1):
-  ImageFolder layout, usable by any trainer.
-- ``manifest.parquet``: ``path`` (relative to ``synthetic/``), ``label`` int64, ``class_name``, ``k`` int32,
+  ImageFolder layout, usable by any trainer; when several clusterings are decoded (the configured decoded
+  methods', :func:`ddoq_ray.artifacts.method_presets.decoded_algorithms`), one such tree per clustering under
+  ``synthetic/<algorithm>/``.
+- ``manifest.parquet``: ``path`` (relative to ``synthetic/``), ``algorithm`` (the clustering), ``label`` int64,
+  ``class_name``, ``k`` int32,
   ``copy`` int32, ``count`` int64, ``mass`` float64 (the centroid's cell mass), ``weight_mass`` float64
   (= mass / images_per_centroid, the image's weight), ``mode``, ``model`` (decoder id), ``strength``,
   ``guidance_scale``, ``steps`` (scheduler steps), ``denoise_steps`` (steps that ran), ``seed`` int64 (the
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from . import storage
@@ -180,7 +184,8 @@ def check_model_shape(mode: str, model_path: str, ref: str, shape: tuple[int, ..
 
 
 class CentroidDecoder:
-    """Ray Data callable class: ``{label, k, copy, seed, centroid}`` batch -> ``{label, k, copy, png}``."""
+    """Ray Data callable class: ``{algorithm, label, k, copy, seed, centroid}`` batch -> ``{algorithm, label, k,
+    copy, png}``."""
 
     def __init__(self, settings: dict, model_path: str, class_names: list[str], model_labels: list[int] | None,
                  device: str, precision: str, vae_kind: str, output_size: int | None, num_threads: int | None):
@@ -193,12 +198,22 @@ class CentroidDecoder:
         labels = [int(x) for x in batch["label"]]
         images = self.decoder.decode(np.stack(batch["centroid"]), labels, [int(s) for s in batch["seed"]])
         png = np.array([to_png(im, self.output_size) for im in images], dtype=object)
-        return {"label": batch["label"], "k": batch["k"], "copy": batch["copy"], "png": png}
+        return {"algorithm": batch["algorithm"], "label": batch["label"], "k": batch["k"], "copy": batch["copy"],
+                "png": png}
+
+
+def with_algorithm(centroids: pa.Table) -> pa.Table:
+    """``centroids`` with an ``algorithm`` column (``lloyd`` for a table written before issue 14)."""
+    if "algorithm" in centroids.column_names:
+        return centroids
+    return centroids.append_column("algorithm", pa.array(["lloyd"] * centroids.num_rows, pa.string()))
 
 
 def expand_copies(centroids: pa.Table, copies: int, seed: int) -> pa.Table:
-    """One row per output image: ``label, k, copy, seed, centroid`` (each centroid repeated ``copies`` times)."""
-    t = centroids.select(["label", "k", "centroid"])
+    """One row per output image: ``algorithm, label, k, copy, seed, centroid`` (each centroid repeated ``copies``
+    times; ``algorithm`` ``lloyd`` when the table has none). Image seeds do not depend on the algorithm."""
+    centroids = with_algorithm(centroids)
+    t = centroids.select(["algorithm", "label", "k", "centroid"])
     t = t.take(pa.array(np.repeat(np.arange(t.num_rows), copies)))
     copy = np.tile(np.arange(copies, dtype=np.int32), centroids.num_rows)
     seeds = [image_seed(seed, int(lab), int(k), int(c))
@@ -262,9 +277,12 @@ def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path
         num_cpus=dcfg.num_cpus_per_actor, num_gpus=dcfg.num_gpus_per_actor if device == "cuda" else None,
     )
     root = storage.join(out, "synthetic")
-    meta = {(int(r["label"]), int(r["k"])): r for r in centroids.select(["label", "k", "count", "mass"]).to_pylist()}
-    seeds = {(r["label"], r["k"], r["copy"]): r["seed"]
-             for r in table.select(["label", "k", "copy", "seed"]).to_pylist()}
+    centroids = with_algorithm(centroids)
+    meta = {(r["algorithm"], int(r["label"]), int(r["k"])): r
+            for r in centroids.select(["algorithm", "label", "k", "count", "mass"]).to_pylist()}
+    seeds = {(r["algorithm"], r["label"], r["k"], r["copy"]): r["seed"]
+             for r in table.select(["algorithm", "label", "k", "copy", "seed"]).to_pylist()}
+    several = len({a for a, _, _ in meta}) > 1
     diffusion = dcfg.mode != "vae"
     fixed = {"mode": dcfg.mode, "model": model_ref(cfg), "strength": dcfg.strength if diffusion else 0.0,
              "guidance_scale": dcfg.guidance_scale if diffusion else 0.0,
@@ -273,26 +291,31 @@ def run_decode(cfg: RunConfig, centroids: pa.Table, classes: list[str], vae_path
     rows = []
     with tqdm(total=table.num_rows, desc=f"decode ({dcfg.mode})", unit="img") as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for label, k, c, png in zip(batch["label"], batch["k"], batch["copy"], batch["png"], strict=True):
-                label, k, c = int(label), int(k), int(c)
-                rel = f"{safe_name(classes[label])}/{label}_{k}" + (f"_{c}.png" if n_copy > 1 else ".png")
+            for a, label, k, c, png in zip(batch["algorithm"], batch["label"], batch["k"], batch["copy"],
+                                           batch["png"], strict=True):
+                a, label, k, c = str(a), int(label), int(k), int(c)
+                rel = (f"{a}/" if several else "") + f"{safe_name(classes[label])}/{label}_{k}" + (
+                    f"_{c}.png" if n_copy > 1 else ".png")
                 storage.write_bytes(storage.join(root, rel), png)
-                m = meta[(label, k)]
-                rows.append({"path": rel, "label": label, "class_name": classes[label], "k": k, "copy": c,
-                             "count": int(m["count"]), "mass": float(m["mass"]),
-                             "weight_mass": float(m["mass"]) / n_copy, **fixed, "seed": int(seeds[(label, k, c)])})
+                m = meta[(a, label, k)]
+                rows.append({"path": rel, "algorithm": a, "label": label, "class_name": classes[label], "k": k,
+                             "copy": c, "count": int(m["count"]), "mass": float(m["mass"]),
+                             "weight_mass": float(m["mass"]) / n_copy, **fixed,
+                             "seed": int(seeds[(a, label, k, c)])})
             bar.update(len(batch["label"]))
     if len(rows) != table.num_rows:
         raise RuntimeError(f"decode: {table.num_rows} images expected, {len(rows)} written")
-    manifest = pa.Table.from_pylist(sorted(rows, key=lambda r: (r["label"], r["k"], r["copy"])))
+    manifest = pa.Table.from_pylist(sorted(rows, key=lambda r: (r["algorithm"], r["label"], r["k"], r["copy"])))
     manifest = manifest.set_column(manifest.schema.get_field_index("k"), "k", manifest.column("k").cast(pa.int32()))
     manifest = manifest.set_column(manifest.schema.get_field_index("copy"), "copy",
                                    manifest.column("copy").cast(pa.int32()))
     storage.write_parquet(manifest, storage.join(out, "manifest.parquet"))
     buf = io.BytesIO()
-    make_grid(manifest, root).save(buf, format="PNG")
+    first = manifest.filter(pc.equal(manifest.column("algorithm"), manifest.column("algorithm")[0]))
+    make_grid(first, root).save(buf, format="PNG")
     storage.write_bytes(storage.join(out, "grid.png"), buf.getvalue())
-    summary.update({"images": len(rows), "mode": dcfg.mode, "model": model_ref(cfg), "images_per_centroid": n_copy})
+    summary.update({"images": len(rows), "algorithms": sorted({r["algorithm"] for r in rows}), "mode": dcfg.mode,
+                    "model": model_ref(cfg), "images_per_centroid": n_copy})
 
 
 def validate_decode(cfg: RunConfig, model_path: str | None, encode_shape: tuple[int, int, int] | None,
@@ -335,14 +358,18 @@ def validate_decode(cfg: RunConfig, model_path: str | None, encode_shape: tuple[
 
 
 def decode_stage(run, out: str, summary: dict) -> None:
-    """The registered ``decode`` stage: the quantize stage's centroids, after checking they were made by this
+    """The registered ``decode`` stage: the quantize stage's centroids of every clustering a decoded method needs
+    (:func:`ddoq_ray.artifacts.method_presets.decoded_algorithms`), after checking they were made by this
     decoder's VAE at its shape (:class:`~ddoq_ray.artifacts.latents.LatentMismatchError` otherwise)."""
     from .artifacts.centroids import read_centroids
     from .artifacts.latents import check_meta, read_meta
+    from .artifacts.method_presets import decoded_algorithms
     from .rundir import stage_path
     from .vae import latent_shape
 
     cfg = run.cfg
     check_meta(read_meta(stage_path(run.dir, "encode")), cfg.encode.vae,
                latent_shape(run.vae_path, cfg.encode.vae_kind, cfg.data.image_size))
-    run_decode(cfg, read_centroids(stage_path(run.dir, "quantize")), run.classes, run.vae_path, out, summary)
+    quantize_dir = stage_path(run.dir, "quantize")
+    centroids = pa.concat_tables([read_centroids(quantize_dir, a) for a in decoded_algorithms(cfg)])
+    run_decode(cfg, centroids, run.classes, run.vae_path, out, summary)

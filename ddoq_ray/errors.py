@@ -13,12 +13,13 @@ class DdoqError(Exception):
     """Base of all user-facing ddoq-ray errors."""
 
 
+class ConfigError(DdoqError, ValueError):
+    """A config file or override is invalid; the message names the file and field (re-exported by
+    :mod:`ddoq_ray.config`)."""
+
+
 class UserValueError(DdoqError, ValueError):
     """A value given by the user (config field, CLI argument, data content) is invalid."""
-
-
-class ConfigError(UserValueError):
-    """A config file or override is invalid; the message names the file and field."""
 
 
 class DataError(DdoqError, ValueError):

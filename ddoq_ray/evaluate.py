@@ -1,8 +1,9 @@
 """Stage 4, train & evaluate: students trained on each distilled set, top-1 on the real test split.
 
-Methods, all under the identical protocol (same teacher, augmentation, epochs, seeds, ``train.label_mode``):
-``random`` (the seed's random real subset, drawn once by the subsets stage), ``d4m`` (decoded centroids, uniform
-weights) and ``ddoq`` (cell-mass weights): which images and weights each method trains on is defined in
+Methods (``train.methods``), all under the identical protocol (same teacher, augmentation, epochs, seeds,
+``train.label_mode``): presets of (clustering, weights, images) from :mod:`ddoq_ray.artifacts.method_presets`,
+e.g. ``random`` (the seed's random real subset, drawn once by the subsets stage), ``d4m`` / ``ddoq`` (the paper's
+MiniBatchKMeans centroids, uniform / cell-mass weights); which images and weights each trains on is defined in
 :mod:`ddoq_ray.artifacts.methods`; the shared inputs (test split, teacher, decoded set) in
 :mod:`ddoq_ray.artifacts.train_inputs`.
 

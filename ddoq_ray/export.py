@@ -2,12 +2,13 @@
 
 :func:`export` reads the decode stage's manifest and PNGs (through :func:`ddoq_ray.rundir.stage_path`) and the
 per-image weights exactly as the students got them (:func:`ddoq_ray.students.weights.sample_weights` with the run's
-``train.weight_*`` settings for ``ddoq``, uniform for ``d4m``; the same call as ``evaluate.method_set``), and writes
-one row per synthetic image, in manifest order, with the columns
+``train.weight_*`` settings for the ``mass`` methods, uniform for the ``uniform`` ones; the same call as
+``evaluate.method_set``) of one decoded method (:data:`METHODS`: its clustering's images), and writes one row per
+synthetic image, in manifest order, with the columns
 
     image (PNG bytes) | label int64 (the run's class index, classes.json) | weight float32 | class_name string
     cell_size int64 (real images in the centroid's Voronoi cell) | k int32 (centroid index in its class)
-    method string (ddoq | d4m)
+    method string (a decoded method preset: ddoq, d4m, lloyd_mass, ...)
 
 Layouts (``out`` is a local folder or URI):
 
@@ -44,12 +45,13 @@ import pyarrow.parquet as pq
 import yaml
 
 from . import storage
+from .artifacts.method_presets import METHODS as PRESETS
 from .config import dump_config, load_config
 from .errors import DdoqError
 from .rundir import committed, stage_path
 
 FORMATS = ("hf", "imagefolder", "webdataset")
-METHODS = ("ddoq", "d4m")
+METHODS = tuple(m.name for m in PRESETS.values() if m.images == "decoded")
 EXPORT_META = "ddoq_export.json"
 HF_FILE = "data/train-00000-of-00001.parquet"
 WDS_FILE = "distilled-000000.tar"
@@ -59,21 +61,34 @@ class ExportError(DdoqError, ValueError):
     """The run cannot be exported as asked (stage missing, unknown format/method); the message says what to do."""
 
 
-def distilled_table(run_dir: str, method: str = "ddoq") -> tuple[pa.Table, dict]:
+def default_method(cfg) -> str:
+    """The method exported when none is named: the run's first decoded ``mass`` method, else its first decoded
+    method, else ``ddoq``."""
+    decoded = [m for m in cfg.train.methods if m in METHODS]
+    mass = [m for m in decoded if PRESETS[m].weights == "mass"]
+    return (mass or decoded or ["ddoq"])[0]
+
+
+def distilled_table(run_dir: str, method: str | None = "ddoq") -> tuple[pa.Table, dict]:
     """The distilled set of a finished run as one table (columns in the module docstring) and its metadata.
 
     Args:
         run_dir: the run directory (local path or URI) with committed decode (and, for accuracy, train) stages.
-        method: ``ddoq`` (cell-mass weights per ``train.weight_scheme``) or ``d4m`` (uniform).
+        method: a decoded method (:data:`METHODS`; e.g. ``ddoq``: cell-mass weights per ``train.weight_scheme``,
+            ``d4m``: uniform) whose clustering the run decoded; None: :func:`default_method`.
     Returns:
         ``(table, meta)``; ``meta`` holds ``method``, ``classes``, ``config`` (dict), ``protocol`` and
         ``results`` (``results.json`` or ``{}``).
     Raises:
-        ExportError: unknown method or no committed decode stage.
+        ExportError: unknown method, its clustering not decoded by this run, or no committed decode stage.
     """
     from .artifacts.methods import method_weights, weight_scheme
     from .artifacts.synthetic import read_manifest
 
+    cfg = None
+    if method is None:
+        cfg = load_config(storage.join(storage.normalize(run_dir), "config.yaml"))
+        method = default_method(cfg)
     if method not in METHODS:
         raise ExportError(f"--method {method!r}: export one of {', '.join(METHODS)} (the random baseline is a "
                           "subset of the real data)")
@@ -81,9 +96,14 @@ def distilled_table(run_dir: str, method: str = "ddoq") -> tuple[pa.Table, dict]
     if committed(run_dir, "decode") is None:
         raise ExportError(f"{run_dir}: the decode stage is not complete; run `ddoq-ray run` (or `ddoq-ray decode`) "
                           "first")
-    cfg = load_config(storage.join(run_dir, "config.yaml"))
+    cfg = cfg or load_config(storage.join(run_dir, "config.yaml"))
     decode = stage_path(run_dir, "decode")
-    rows = read_manifest(decode).to_pylist()
+    algorithm = PRESETS[method].algorithm
+    rows = read_manifest(decode, algorithm).to_pylist()
+    if not rows:
+        raise ExportError(f"--method {method}: this run decoded no {algorithm} centroids; export one of its "
+                          f"methods ({', '.join(m for m in cfg.train.methods if m in METHODS)}) or add {method} "
+                          "to train.methods and re-run")
     labels = np.array([r["label"] for r in rows], dtype=np.int64)
     mass = np.array([r.get("weight_mass", r["mass"]) for r in rows], dtype=np.float64)
     t = cfg.train
@@ -241,7 +261,7 @@ def _soft_label_dirs(run_dir: str, method: str) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
-def export(run_dir: str, out: str, format: str = "hf", method: str = "ddoq") -> dict:  # noqa: A002 - the CLI name
+def export(run_dir: str, out: str, format: str = "hf", method: str | None = None) -> dict:  # noqa: A002 - the CLI name
     """Write a run's distilled set to ``out`` in ``format`` (see module docstring).
 
     Args:
@@ -255,6 +275,7 @@ def export(run_dir: str, out: str, format: str = "hf", method: str = "ddoq") -> 
     if format not in FORMATS:
         raise ExportError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
     table, meta = distilled_table(run_dir, method)
+    method = meta["method"]
     out = storage.normalize(out)
     storage.makedirs(out)
     {"hf": _write_hf, "imagefolder": _write_imagefolder, "webdataset": _write_webdataset}[format](table, meta, out)
@@ -312,10 +333,12 @@ def main_export(argv: list[str] | None = None) -> int:
     ap.add_argument("run", help="finished run directory (local path or URI)")
     ap.add_argument("out", nargs="?", help="export folder (default: <run>/export/<method>-<format>)")
     ap.add_argument("--format", choices=FORMATS, default="hf")
-    ap.add_argument("--method", choices=METHODS, default="ddoq")
+    ap.add_argument("--method", choices=METHODS, default=None,
+                    help="a decoded method of the run (default: its first decoded mass method)")
     a = ap.parse_args(argv)
-    out = a.out or storage.join(a.run, "export", f"{a.method}-{a.format}")
-    print(json.dumps(export(a.run, out, a.format, a.method)))
+    method = a.method or default_method(load_config(storage.join(storage.normalize(a.run), "config.yaml")))
+    out = a.out or storage.join(a.run, "export", f"{method}-{a.format}")
+    print(json.dumps(export(a.run, out, a.format, method)))
     return 0
 
 

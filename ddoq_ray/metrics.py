@@ -15,7 +15,7 @@ reported as "FID (teacher features)" — NOT Inception FID. Inception FID uses t
 ``FrechetInceptionDistance`` (weights from torch-fidelity, downloaded by that library) when installed and
 reachable; otherwise it is skipped with one message.
 
-Artifact ``<run>/metrics/metrics.json``: per method (random, d4m, ddoq) ``fid_teacher`` (weighted where the
+Artifact ``<run>/metrics/metrics.json``: per method of ``train.methods`` ``fid_teacher`` (weighted where the
 method has weights), ``precision``, ``recall``, ``density``, ``coverage``, and ``fid_inception`` or a skip note.
 """
 
@@ -222,7 +222,7 @@ def metrics_stage(run, out: str, summary: dict) -> None:
     :mod:`ddoq_ray.artifacts.methods`; ``random`` = the first student seed's subset) against the real test split,
     then :func:`run_metrics`. ``run`` is a :class:`ddoq_ray.context.Run`."""
     from .artifacts.methods import method_set, weight_scheme
-    from .artifacts.synthetic import load_synthetic
+    from .artifacts.synthetic import decoded_algorithms, load_synthetic
     from .data import list_split, load_arrays
     from .rundir import stage_path
 
@@ -230,10 +230,11 @@ def metrics_stage(run, out: str, summary: dict) -> None:
     run.require_test()
     test_index, _ = list_split(run.test_src, cfg.data, cfg.metrics.max_real_per_class, train=run.train_src)
     real = load_arrays(test_index, cfg.data.image_column, size)["images"]
-    syn = load_synthetic(stage_path(run.dir, "decode"), size)
+    decode_dir = stage_path(run.dir, "decode")
+    syn = {a: load_synthetic(decode_dir, size, a) for a in decoded_algorithms(decode_dir)}
     seed = cfg.train.seeds[0] if cfg.train.seeds else 0
     sets = {}
-    for m in ("random", "d4m", "ddoq"):
+    for m in cfg.train.methods:
         s = method_set(m, seed, cfg.train, run_dir=run.dir, train_index=run.train_index,
                        image_column=cfg.data.image_column, ipc=cfg.quantize.ipc, syn=syn)
         # Unweighted sets get None: fid() then is exactly the usual FID.

@@ -1,11 +1,10 @@
-"""``--set key=value`` overrides on a config document, and validation errors as messages naming file and field."""
+"""``--set key=value`` overrides and config error messages (a leaf of :mod:`ddoq_ray.config`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from .errors import ConfigError
 
@@ -35,8 +34,8 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
     return doc
 
 
-def format_errors(source: str, err: ValidationError) -> str:
-    """A pydantic ValidationError as lines naming the file and each field (unknown keys said as such)."""
+def format_errors(source: str, err) -> str:
+    """A pydantic ``ValidationError`` as lines ``field: message`` under ``invalid config <source>:``."""
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])

@@ -5,18 +5,26 @@ The formulas (W2-optimal cell-mass weights, the W2 = sqrt(inertia / N) identity)
 in :mod:`ddoq_ray.quantization`. This module is the stage: :func:`run_quantize`, one Ray task per class; the
 artifact's readers are in :mod:`ddoq_ray.artifacts.centroids`.
 
-Artifact ``<run>/quantize/<attempt>/`` (:func:`ddoq_ray.rundir.stage_path`):
-- ``centroids.parquet``: ``label`` int64, ``k`` int32, ``centroid`` fixed_shape_tensor<float32>[C,h,w],
-  ``count`` int64 (latents in the cell), ``mass`` float64 (count / N; sums to 1 per class).
-- ``classes.parquet``: ``label``, ``n`` (latents), ``K``, ``inertia`` (Σ squared distances, float64),
-  ``w2_mass``, ``w2_uniform`` (POT ``ot.emd2``, square-rooted), ``w2_identity`` (= sqrt(inertia / n)). The W2
-  of the random real subsets is measured by the ``subsets`` stage on the very subsets the students train on.
-- ``assignments.parquet``: ``id``, ``label``, ``k``, ``sqdist`` for every latent (which cell it fell in).
+Every clustering the run needs (``quantize.algorithms`` and those of the configured methods,
+:func:`ddoq_ray.artifacts.method_presets.needed_algorithms`) runs in the same class task on the same latents, each
+followed by the exact assignment pass; ``lloyd`` with random init and one restart is the pre-issue-14 call
+(:func:`~ddoq_ray.quantization.quantize_class`), the others go through :func:`ddoq_ray.clustering.cluster_class`.
 
-Device: the k-means of each class task runs on a GPU share (``quantize.num_gpus``, faiss ``Kmeans(gpu=True)``)
-when the cluster has GPUs and the workers' faiss is a GPU build (:func:`kmeans_device`, probed on a GPU worker
-by :func:`probe_faiss_gpu`); otherwise on CPUs exactly as before. The exact float64 assignment pass after it is
-the same on both. The ``subsets`` stage's per-class tasks stay on CPUs.
+Artifact ``<run>/quantize/<attempt>/`` (:func:`ddoq_ray.rundir.stage_path`), every row tagged with its
+``algorithm``:
+- ``centroids.parquet``: ``algorithm``, ``label`` int64, ``k`` int32, ``centroid``
+  fixed_shape_tensor<float32>[C,h,w], ``count`` int64 (latents in the cell), ``mass`` float64 (count / N; sums
+  to 1 per class).
+- ``classes.parquet``: ``algorithm``, ``label``, ``n`` (latents), ``K``, ``inertia`` (Σ squared distances,
+  float64), ``w2_mass``, ``w2_uniform``, ``w2_sqrt_mass`` (POT ``ot.emd2``, square-rooted), ``w2_identity``
+  (= sqrt(inertia / n)). The W2 of the real-image sets is measured by the ``subsets`` stage on the very images
+  the students train on.
+- ``assignments.parquet``: ``algorithm``, ``id``, ``label``, ``k``, ``sqdist`` for every latent (its cell).
+
+Device: the k-means of each class task runs on a GPU share (``quantize.num_gpus``, faiss ``Kmeans(gpu=True)``,
+``lloyd`` only) when the cluster has GPUs and the workers' faiss is a GPU build (:func:`kmeans_device`, probed on a
+GPU worker by :func:`probe_faiss_gpu`); otherwise on CPUs exactly as before. The exact float64 assignment pass
+after it is the same on both. The ``subsets`` stage's per-class tasks stay on CPUs.
 """
 
 from __future__ import annotations
@@ -99,26 +107,44 @@ def probe_faiss_gpu(num_gpus: float, timeout_s: float = 60.0) -> bool:
         return False
 
 
-def quantize_from_disk(encode_dir: str, label: int, qcfg: QuantizeConfig, gpu: bool = False) -> dict:
-    """Read one class's latents, quantize, and measure W2 (the body of a Ray task; pure apart from reading).
+def cluster_one(z: np.ndarray, k: int, algorithm: str, qcfg: QuantizeConfig, label: int, gpu: bool = False):
+    """One class's :class:`~ddoq_ray.quantization.ClassQuantization` with ``algorithm``.
 
-    ``encode_dir`` is a location (local path or URI), read on whichever node runs the task. ``gpu``: k-means on
-    this task's GPU share (faiss-gpu); the assignment pass and W2 stay on the CPU."""
+    Seeds: ``lloyd`` / ``clvq`` use ``quantize.seed + label`` (the pre-issue-14 stage); ``minibatch`` uses
+    ``quantize.seed`` for every class, as D4M's ``gen_prototype.py`` (``random_state=0``) does."""
+    from .clustering import cluster_class
+
+    threads = max(1, round(qcfg.num_cpus))
+    if algorithm == "lloyd" and qcfg.init == "random" and qcfg.n_init == 1:
+        return quantize_class(z, k, qcfg.niter, qcfg.nredo, qcfg.seed + label, threads, gpu=gpu)  # today's call
+    seed = qcfg.seed if algorithm == "minibatch" else qcfg.seed + label
+    return cluster_class(z, k, algorithm, seed=seed, niter=qcfg.niter, nredo=qcfg.nredo, init=qcfg.init,
+                         n_init=qcfg.n_init, km_expand=qcfg.km_expand, num_threads=threads)
+
+
+def quantize_from_disk(encode_dir: str, label: int, qcfg: QuantizeConfig,
+                       algorithms: tuple[str, ...] = ("lloyd",), gpu: bool = False) -> dict:
+    """Read one class's latents, cluster it with each of ``algorithms`` and measure W2 (the body of a Ray task;
+    pure apart from reading). ``encode_dir`` is a location (local path or URI), read on whichever node runs the
+    task. Returns ``{"label", "ids", "runs": {algorithm: {"q", "w2_mass", "w2_uniform", "w2_sqrt_mass"}}}``."""
     from .artifacts.latents import read_class_latents
 
     ids, z = read_class_latents(encode_dir, label)
     k = class_k(len(ids), qcfg, label)
-    q = quantize_class(z, k, qcfg.niter, qcfg.nredo, qcfg.seed + label, max(1, round(qcfg.num_cpus)), gpu=gpu)
-    return {"label": label, "ids": ids, "q": q,
-            "w2_mass": w2(z, q.centroids, q.mass),
-            "w2_uniform": w2(z, q.centroids, centroid_weights(q.mass, "uniform"))}
+    runs = {}
+    for a in algorithms:
+        q = cluster_one(z, k, a, qcfg, label, gpu)
+        runs[a] = {"q": q, **{f"w2_{s}": w2(z, q.centroids, centroid_weights(q.mass, s))
+                              for s in ("mass", "uniform", "sqrt_mass")}}
+    return {"label": label, "ids": ids, "runs": runs}
 
 
-def run_quantize(qcfg: QuantizeConfig, encode_dir: str, labels: list[int], out: str, summary: dict) -> None:
-    """One Ray task per class (spread over nodes), results written as the artifacts in the module docstring.
-
-    The tasks take a GPU share and run k-means on it where :func:`kmeans_device` says so; one log line names the
-    device and why, and ``summary["kmeans_device"]`` records it."""
+def run_quantize(qcfg: QuantizeConfig, encode_dir: str, labels: list[int], out: str, summary: dict,
+                 algorithms: tuple[str, ...] = ("lloyd",)) -> None:
+    """One Ray task per class (spread over nodes) running every clustering in ``algorithms``; results written as
+    the artifacts in the module docstring; ``summary`` holds the first algorithm's means and, per algorithm,
+    ``by_algorithm``. The tasks take a GPU share and run k-means on it where :func:`kmeans_device` says so; one
+    log line names the device and why, and ``summary["kmeans_device"]`` records it."""
     import ray
     from tqdm.auto import tqdm
 
@@ -131,7 +157,7 @@ def run_quantize(qcfg: QuantizeConfig, encode_dir: str, labels: list[int], out: 
     log.info("quantize: k-means on %s (%s)", device.upper(), why)
     summary["kmeans_device"] = device
     task = ray.remote(quantize_from_disk).options(**task_options(qcfg, device))
-    pending = [task.remote(encode_dir, c, qcfg, device == "gpu") for c in labels]
+    pending = [task.remote(encode_dir, c, qcfg, tuple(algorithms), device == "gpu") for c in labels]
     # Each class's result is appended to the Parquet files as it arrives and then dropped, so driver memory
     # does not grow with the number of classes (rows are in arrival order; readers sort by label, k).
     writers: dict[str, pq.ParquetWriter] = {}
@@ -148,38 +174,50 @@ def run_quantize(qcfg: QuantizeConfig, encode_dir: str, labels: list[int], out: 
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 r = ray.get(done[0])
-                q, c = r["q"], r["label"]
-                k = len(q.counts)
-                append("centroids.parquet", pa.table({
-                    "label": pa.array([c] * k, pa.int64()), "k": pa.array(np.arange(k, dtype=np.int32)),
-                    "centroid": to_tensor_array(q.centroids), "count": pa.array(q.counts),
-                    "mass": pa.array(q.mass)}))
-                append("assignments.parquet", pa.table({
-                    "id": pa.array(r["ids"], pa.string()), "label": pa.array([c] * q.n, pa.int64()),
-                    "k": pa.array(q.assign.astype(np.int32)), "sqdist": pa.array(q.sqdist)}))
-                cls_rows.append({"label": c, "n": q.n, "K": k, "inertia": q.inertia, "w2_mass": r["w2_mass"],
-                                 "w2_uniform": r["w2_uniform"],
-                                 "w2_identity": float(np.sqrt(q.inertia / q.n))})
-                del r, q, done
+                c = r["label"]
+                for a, res in r["runs"].items():
+                    q = res["q"]
+                    k = len(q.counts)
+                    append("centroids.parquet", pa.table({
+                        "algorithm": pa.array([a] * k, pa.string()),
+                        "label": pa.array([c] * k, pa.int64()), "k": pa.array(np.arange(k, dtype=np.int32)),
+                        "centroid": to_tensor_array(q.centroids), "count": pa.array(q.counts),
+                        "mass": pa.array(q.mass)}))
+                    append("assignments.parquet", pa.table({
+                        "algorithm": pa.array([a] * q.n, pa.string()),
+                        "id": pa.array(r["ids"], pa.string()), "label": pa.array([c] * q.n, pa.int64()),
+                        "k": pa.array(q.assign.astype(np.int32)), "sqdist": pa.array(q.sqdist)}))
+                    cls_rows.append({"algorithm": a, "label": c, "n": q.n, "K": k, "inertia": q.inertia,
+                                     "w2_mass": res["w2_mass"], "w2_uniform": res["w2_uniform"],
+                                     "w2_sqrt_mass": res["w2_sqrt_mass"],
+                                     "w2_identity": float(np.sqrt(q.inertia / q.n))})
+                del r, done
                 bar.update(1)
     finally:
         for w in writers.values():
             w.close()
-    cls_rows.sort(key=lambda r: r["label"])
+    order = {a: i for i, a in enumerate(algorithms)}
+    cls_rows.sort(key=lambda r: (order[r["algorithm"]], r["label"]))
     storage.write_parquet(pa.Table.from_pylist(cls_rows), storage.join(out, "classes.parquet"))
-    w2m = np.array([r["w2_mass"] for r in cls_rows])
-    w2u = np.array([r["w2_uniform"] for r in cls_rows])
-    summary.update({"classes": len(cls_rows), "centroids": int(sum(r["K"] for r in cls_rows)),
-                    "shrunk_classes": [r["label"] for r in cls_rows if r["K"] < qcfg.ipc],
-                    "mean_w2_mass": float(w2m.mean()), "mean_w2_uniform": float(w2u.mean()),
-                    "w2_reduction_pct": float(100 * (1 - w2m.mean() / w2u.mean()))})
-    log.info("quantize: mean latent W2 uniform %.4f -> mass %.4f (%.1f%% lower)", w2u.mean(), w2m.mean(),
-             summary["w2_reduction_pct"])
+    by_algo = {}
+    for a in algorithms:
+        rows = [r for r in cls_rows if r["algorithm"] == a]
+        w2m, w2u = np.array([r["w2_mass"] for r in rows]), np.array([r["w2_uniform"] for r in rows])
+        by_algo[a] = {"mean_w2_mass": float(w2m.mean()), "mean_w2_uniform": float(w2u.mean()),
+                      "w2_reduction_pct": float(100 * (1 - w2m.mean() / w2u.mean()))}
+        log.info("quantize %s: mean latent W2 uniform %.4f -> mass %.4f (%.1f%% lower)", a, w2u.mean(),
+                 w2m.mean(), by_algo[a]["w2_reduction_pct"])
+    first = [r for r in cls_rows if r["algorithm"] == algorithms[0]]
+    summary.update({"classes": len(first), "centroids": int(sum(r["K"] for r in first)),
+                    "shrunk_classes": [r["label"] for r in first if r["K"] < qcfg.ipc],
+                    "algorithms": list(algorithms), **by_algo[algorithms[0]], "by_algorithm": by_algo})
 
 
 
 def quantize_stage(run, out: str, summary: dict) -> None:
     """The registered ``quantize`` stage (:mod:`ddoq_ray.stages`): every class of the run."""
+    from .artifacts.method_presets import needed_algorithms
     from .rundir import stage_path
 
-    run_quantize(run.cfg.quantize, stage_path(run.dir, "encode"), list(range(len(run.classes))), out, summary)
+    run_quantize(run.cfg.quantize, stage_path(run.dir, "encode"), list(range(len(run.classes))), out, summary,
+                 tuple(needed_algorithms(run.cfg)))

@@ -3,7 +3,8 @@
 
 Contents: per-class image grids (synthetic images ordered by weight with the weight under each, beside real images
 of the class and the random-subset images), per-class latent W2 bars (random / uniform / mass), cell-mass
-histograms, W2 against IPC on log-log axes when several runs are given, the accuracy table, per-stage timings and
+histograms, W2 against IPC on log-log axes when several runs are given, the accuracy table (each method's
+clustering, weights and images), the W2 decomposition (clustering x weights, real-image sets), per-stage timings and
 counts, config, versions and the sha256 of every output file.
 """
 
@@ -70,6 +71,16 @@ def _stage(run_dir: str, stage: str) -> str | None:
 
 
 
+def _first_algorithm(quantize_dir: str) -> str | None:
+    """The quantize folder's first clustering (None when its tables predate the column or are missing)."""
+    from .artifacts.centroids import algorithms
+
+    try:
+        return algorithms(quantize_dir)[0]
+    except Exception:  # noqa: BLE001 - a partial or pre-issue-14 folder: use every row
+        return None
+
+
 def _real_images(run_dir: str, per_class: int) -> tuple[dict, dict]:
     """A few real images per class, and the first student seed's random-subset images (the very images those
     students trained on, from the subsets stage), from the run's own config and data.
@@ -88,7 +99,8 @@ def _real_images(run_dir: str, per_class: int) -> tuple[dict, dict]:
     try:
         cfg = RunConfig.model_validate(yaml.safe_load(storage.read_text(storage.join(run_dir, "config.yaml"))))
         index = Run(cfg).train_index
-        asg = read_assignments(_stage(run_dir, "quantize"), columns=["id", "label"]).to_pylist()
+        q = _stage(run_dir, "quantize")
+        asg = read_assignments(q, columns=["id", "label"], algorithm=_first_algorithm(q)).to_pylist()
         rand_ids = set(subset_ids(run_dir, cfg.quantize.ipc, cfg.train.seeds[0] if cfg.train.seeds else 0))
     except Exception as e:  # noqa: BLE001 - a report must not fail because the data moved
         log.warning("report: real images unavailable (%s)", e)
@@ -204,7 +216,7 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
         StageNotCommittedError: ``results.json`` is missing (run ``ddoq-ray run`` first).
     """
     from .artifacts.synthetic import read_manifest
-    from .results import results_table
+    from .results import results_table, w2_table
     from .rundir import StageNotCommittedError
 
     run_dir = storage.normalize(run_dir)
@@ -219,6 +231,7 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
     decode_dir = _stage(run_dir, "decode")
     if decode_dir is not None:
         man = read_manifest(decode_dir).to_pylist()
+        man = [r for r in man if r["algorithm"] == man[0]["algorithm"]] if man else man  # the first clustering
         real, rand = _real_images(run_dir, real_per_class)
         for c in sorted({r["label"] for r in man})[:MAX_CLASSES]:
             rows = sorted((r for r in man if r["label"] == c), key=lambda r: -r.get("weight_mass", r["mass"]))
@@ -234,8 +247,9 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
                      w2_bars(res["w2_per_class"], classes)))
         quantize_dir = _stage(run_dir, "quantize")
         if quantize_dir is not None:
-            cent = storage.read_parquet(storage.join(quantize_dir, "centroids.parquet"),
-                                        columns=["label", "mass"]).to_pylist()
+            from .artifacts.centroids import read_cell_masses
+
+            cent = read_cell_masses(quantize_dir, _first_algorithm(quantize_dir))
             figs.append(("cell_mass_histograms", "cell masses per class (how unequal the Voronoi cells are)",
                          mass_histograms(cent, classes)))
     points = []
@@ -277,6 +291,7 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
     config = storage.read_text(cfg_loc) if storage.is_file(cfg_loc) else ""
     versions = res.get("versions", {})
     acc_md = results_table(res)
+    w2_md = w2_table(res)
 
     for name, _, png in figs:
         storage.write_bytes(storage.join(files_dir, f"{name}.png"), png)
@@ -284,6 +299,8 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>Run directory: <code>{html.escape(str(run_dir))}</code>; "
             f"IPC {res.get('ipc')}; {len(classes)} classes.</p>", "<h2>Accuracy and latent W2</h2>",
             _md_table_to_html(acc_md), f"<p>{html.escape(red)}</p>"]
+    if w2_md:
+        body += ["<h2>Latent W2 by clustering and weights</h2>", _md_table_to_html(w2_md)]
     if matrix_html:
         body += ["<h2>Cross-architecture accuracy</h2>", matrix_html]
     if met_html:
@@ -305,6 +322,8 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
     storage.write_text(storage.join(run_dir, "report.html"), page)
     md = [f"# {title}\n", f"IPC {res.get('ipc')}, {len(classes)} classes.\n", "## Accuracy and latent W2\n", acc_md,
           f"\n{red}\n"]
+    if w2_md:
+        md += ["## Latent W2 by clustering and weights\n", w2_md]
     if matrix_md:
         md += ["## Cross-architecture accuracy\n", matrix_md]
     if met_md:

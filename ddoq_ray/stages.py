@@ -6,8 +6,11 @@ so a committed stage is reused exactly when nothing it depends on changed, and e
 attempt folder inherits that key. The graph (``->`` = "is read by")::
 
     encode -> quantize -> decode -> train, metrics, matrix
-    encode -> subsets  ----------> train, metrics, matrix
+    encode, quantize -> subsets ---> train, metrics, matrix
               teacher  ----------> train, metrics, matrix
+
+The subsets stage always reads quantize (the nearest_real methods need its centroids); the random subsets it
+draws do not depend on quantize, so they are the same images whatever the clustering.
 
 Each run function has the signature ``run(run: Run, out: str, summary: dict) -> None`` (``out`` is the attempt
 folder, ``summary`` goes into ``_SUCCESS.json``); they are imported lazily so that ``import ddoq_ray.stages``
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import storage
+from .artifacts.method_presets import decoded_algorithms, needed_algorithms, subsets_methods
 from .config import RunConfig
 
 
@@ -60,8 +64,19 @@ def _encode_inputs(cfg: RunConfig) -> dict:
     return {"data": data, "encode": cfg.encode.model_dump(mode="json", exclude={"shard_rows"})}
 
 
+def _quantize_inputs(cfg: RunConfig) -> dict:
+    # num_gpus decides where k-means runs, not what it returns (the CPU path is bit-identical to before).
+    return {"quantize": cfg.quantize.model_dump(mode="json", exclude={"num_gpus"}),
+            "algorithms": needed_algorithms(cfg)}
+
+
 def _subsets_inputs(cfg: RunConfig) -> dict:
-    return {"ipc": cfg.quantize.ipc, "small_class": cfg.quantize.small_class, "seeds": sorted(set(cfg.train.seeds))}
+    return {"ipc": cfg.quantize.ipc, "small_class": cfg.quantize.small_class, "seeds": sorted(set(cfg.train.seeds)),
+            "selections": subsets_methods(cfg)}
+
+
+def _decode_inputs(cfg: RunConfig) -> dict:
+    return {**_section("decode", {"allow_numeric_prompts"})(cfg), "algorithms": decoded_algorithms(cfg)}
 
 
 def _teacher_inputs(cfg: RunConfig) -> dict:
@@ -95,12 +110,12 @@ class Stage:
 REGISTRY: dict[str, Stage] = {s.name: s for s in (
     Stage("encode", "encode:encode_stage", (), _encode_inputs, resumable=True,
           doc="VAE-encode every train image into a latent (Ray Data actor pool)"),
-    Stage("quantize", "quantize:quantize_stage", ("encode",), _section("quantize", {"num_gpus"}),
-          doc="per-class k-means: centroids, cell masses, W2"),
-    Stage("subsets", "subsets:subsets_stage", ("encode",), _subsets_inputs,
-          doc="the random real subset of every student seed, and its latent W2"),
-    Stage("decode", "decode:decode_stage", ("quantize",), _section("decode", {"allow_numeric_prompts"}),
-          doc="centroids -> images (VAE, SD img2img or DiT)"),
+    Stage("quantize", "quantize:quantize_stage", ("encode",), _quantize_inputs,
+          doc="per-class clustering (every algorithm the methods need): centroids, cell masses, W2"),
+    Stage("subsets", "subsets:subsets_stage", ("encode", "quantize"), _subsets_inputs,
+          doc="the real images of random (per seed), herding, k_center and nearest_real, and their latent W2"),
+    Stage("decode", "decode:decode_stage", ("quantize",), _decode_inputs,
+          doc="centroids of the decoded methods' clusterings -> images (VAE, SD img2img or DiT)"),
     Stage("teacher", "teacher:teacher_stage", (), _teacher_inputs,
           doc="the soft-label teacher (checkpoint, library model or trained here) and its test top-1"),
     Stage("train", "evaluate:train_stage", ("decode", "subsets", "teacher"), _train_inputs, needs=("test",),

@@ -49,7 +49,8 @@ def fake_run(tmp_path_factory):
                 (out / "decode" / att.rsplit("/", 1)[1] / "synthetic" / path).write_bytes(
                     _png([(255, 0, 0), (0, 255, 0), (0, 0, 255)][label], rng))
                 rows.append({"path": path, "label": label, "class_name": name, "k": k, "copy": 0, "count": count,
-                             "mass": count / 100, "weight_mass": count / 100, "mode": "vae", "model": "taesd"})
+                             "mass": count / 100, "weight_mass": count / 100, "mode": "vae", "model": "taesd",
+                             "algorithm": "minibatch"})
         pq.write_table(pa.Table.from_pylist(rows), f"{att}/manifest.parquet")
         summary["images"] = len(rows)
     from ddoq_ray.artifacts.synthetic import load_synthetic

@@ -1,10 +1,21 @@
 """Method -> training set: the one home of which images and which per-image weights each method trains on.
 
-- ``random``: the real images of the seed's random subset (:mod:`ddoq_ray.artifacts.subsets`), weight 1;
-- ``d4m``: the decoded images, uniform weights (D4M, Su et al. CVPR 2024);
-- ``ddoq``: the decoded images weighted by ``train.weight_scheme`` of their cell masses, normalised by
-  ``train.weight_norm`` (:func:`ddoq_ray.students.weights.sample_weights`; DDOQ §3).
-Students, Tune trials, the metrics stage and the report all call these functions.
+Every method is a preset of (clustering, weights, images) in :mod:`ddoq_ray.artifacts.method_presets` (the
+registry; ``train.methods`` is validated against it). Here those parts become arrays:
+
+- images ``real``: the seed's random subset (``random``) or the subsets stage's selection (``herding``,
+  ``k_center``: chosen in VAE-latent space), read from :mod:`ddoq_ray.artifacts.subsets`;
+- images ``nearest_real``: the real training images the subsets stage chose in each cell of the method's
+  clustering (the input images themselves, loaded by id), each with its cell mass;
+- images ``decoded``: the decode stage's images of the method's clustering
+  (:func:`ddoq_ray.artifacts.synthetic.load_synthetic`);
+- weights ``uniform``: 1 per image (real) or ``sample_weights(..., "uniform")`` (decoded, as D4M); ``mass``:
+  ``train.weight_scheme`` of the cell masses normalised by ``train.weight_norm``
+  (:func:`ddoq_ray.students.weights.sample_weights`; DDOQ §3).
+
+``d4m`` / ``ddoq`` are the paper's (MiniBatchKMeans centroids); the faiss-Lloyd sets they named before issue 14 are
+``lloyd_uniform`` / ``lloyd_mass``. Students, Tune trials, the metrics stage, export and the report all call these
+functions.
 """
 
 from __future__ import annotations
@@ -12,19 +23,22 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import TrainConfig
+from .method_presets import METHODS, Method, get_method
 
-METHODS = ("random", "d4m", "ddoq")
+__all__ = ["METHODS", "Method", "get_method", "method_set", "method_weights", "subset_ids", "weight_scheme"]
 
 
 def weight_scheme(method: str, tcfg: TrainConfig) -> str | None:
-    """The centroid weighting of a decoded-set method (None for real-image methods)."""
-    if method == "random":
-        return None
-    if method == "d4m":
-        return "uniform"
-    if method == "ddoq":
+    """The weighting of a method's set: ``uniform``, ``train.weight_scheme`` for the ``mass`` methods, or None for
+    the unweighted real-image sets (``random``, ``herding``, ``k_center``: weight 1 each).
+
+    Raises:
+        KeyError: not a method (the message lists them).
+    """
+    m = get_method(method)
+    if m.weights == "mass":
         return tcfg.weight_scheme
-    raise ValueError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    return "uniform" if m.images == "decoded" else None
 
 
 def method_weights(method: str, labels: np.ndarray, mass: np.ndarray | None, tcfg: TrainConfig) -> np.ndarray:
@@ -50,27 +64,59 @@ def subset_ids(run_dir: str, ipc: int, seed: int) -> list[str]:
         return random_subset(ids_by_class(stage_path(run_dir, "encode")), ipc, seed)
 
 
+def _real_set(train_index, image_column: str, size: int, ids: list[str], weights: np.ndarray | None) -> dict:
+    """The chosen real images by id (index order), with their shipped weights (``mass``) aligned by id."""
+    import pyarrow as pa
+
+    from ..data import load_arrays
+
+    chosen = set(ids)
+    keep = pa.array([i in chosen for i in train_index.column("id").to_pylist()])
+    sub = load_arrays(train_index.filter(keep), image_column, size)
+    n = len(sub["labels"])
+    if weights is None:
+        mass = np.ones(n)
+    else:
+        w = dict(zip(ids, weights, strict=True))
+        mass = np.array([w[i] for i in sub["ids"]], dtype=np.float64)
+    return {"images": sub["images"], "labels": sub["labels"], "mass": mass, "ids": sub["ids"]}
+
+
+def decoded_set(syn: dict, algorithm: str) -> dict:
+    """The decoded set of ``algorithm`` from ``syn``: either ``{algorithm: set}`` or one set (any algorithm)."""
+    if "images" in syn:
+        return syn
+    try:
+        return syn[algorithm]
+    except KeyError:
+        raise KeyError(f"no decoded {algorithm} set (decoded: {sorted(syn)}); re-run the decode stage") from None
+
+
 def method_set(method: str, seed: int, tcfg: TrainConfig, *, run_dir: str, train_index, image_column: str,
                ipc: int, syn: dict) -> dict:
     """The training set of one method and seed.
 
     Args:
-        syn: the decoded set (:func:`ddoq_ray.artifacts.synthetic.load_synthetic` at ``tcfg.image_size``).
+        syn: the decoded sets, ``{algorithm: load_synthetic(...)}`` at ``tcfg.image_size`` (or one such set).
         train_index: the run's train index (ids and image references), for real-image methods.
     Returns:
         ``{"images" uint8 [n,S,S,3], "labels" int64 [n], "weights" float32 [n], "mass" float64 [n]}``
-        (``mass``: cell masses for decoded sets, ones for real images).
+        (``mass``: cell masses for decoded and nearest_real sets, ones for the other real images).
+    Raises:
+        KeyError: unknown method, or its images were not made by this run's stages.
     """
-    import pyarrow as pa
+    from ..rundir import stage_path
+    from .subsets import read_selection
 
-    from ..data import load_arrays
-
-    if weight_scheme(method, tcfg) is None:
-        chosen = set(subset_ids(run_dir, ipc, seed))
-        keep = pa.array([i in chosen for i in train_index.column("id").to_pylist()])
-        sub = load_arrays(train_index.filter(keep), image_column, tcfg.image_size)
-        n = len(sub["labels"])
-        return {"images": sub["images"], "labels": sub["labels"], "weights": np.ones(n, np.float32),
-                "mass": np.ones(n)}
-    return {"images": syn["images"], "labels": syn["labels"], "mass": syn["mass"],
-            "weights": method_weights(method, syn["labels"], syn["mass"], tcfg)}
+    m: Method = get_method(method)
+    if m.images == "decoded":
+        s = decoded_set(syn, m.algorithm)
+        return {"images": s["images"], "labels": s["labels"], "mass": s["mass"],
+                "weights": method_weights(method, s["labels"], s["mass"], tcfg)}
+    if m.clustering == "random":
+        s = _real_set(train_index, image_column, tcfg.image_size, subset_ids(run_dir, ipc, seed), None)
+    else:
+        ids, w = read_selection(stage_path(run_dir, "subsets"), method)
+        s = _real_set(train_index, image_column, tcfg.image_size, ids, w if m.weights == "mass" else None)
+    return {"images": s["images"], "labels": s["labels"], "mass": s["mass"],
+            "weights": method_weights(method, s["labels"], s["mass"], tcfg)}

@@ -24,8 +24,8 @@ class TrainInputs:
         test: ``{"images" uint8 [n,S,S,3], "labels" int64 [n], "n_skipped"}`` at ``train.image_size`` (None when
             not loaded). teacher: the frozen teacher module (None for ``label_mode: hard`` in Tune).
         spec: how Ray workers rebuild the teacher (:func:`ddoq_ray.artifacts.teacher.worker_spec`).
-        teacher_info: ``teacher.json`` (source, arch, top1). syn: the decoded set
-            (:func:`ddoq_ray.artifacts.synthetic.load_synthetic`).
+        teacher_info: ``teacher.json`` (source, arch, top1). syn: the decoded sets by clustering,
+            ``{algorithm: load_synthetic(...)}`` (:func:`ddoq_ray.artifacts.synthetic.load_synthetic`).
     """
 
     cfg: RunConfig
@@ -57,7 +57,7 @@ def load_train_inputs(run, *, test: bool = True, teacher: bool = True) -> TrainI
     """
     from ..data import load_arrays
     from ..rundir import stage_path
-    from .synthetic import load_synthetic
+    from .synthetic import decoded_algorithms, load_synthetic
     from .teacher import read_info, worker_spec
 
     cfg = run.cfg
@@ -77,5 +77,6 @@ def load_train_inputs(run, *, test: bool = True, teacher: bool = True) -> TrainI
         spec = worker_spec(tdir)
         module = build_teacher(spec, len(run.classes), size)
         log.info("train: teacher %s, top-1 on test = %s", info["source"], info["top1"])
-    syn = load_synthetic(stage_path(run.dir, "decode"), size)
+    decode_dir = stage_path(run.dir, "decode")
+    syn = {a: load_synthetic(decode_dir, size, a) for a in decoded_algorithms(decode_dir)}
     return TrainInputs(cfg, run.dir, run.train_index, test_arrays, len(run.classes), module, spec, info, syn)

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ddoq_ray.config import ConfigError
+from ddoq_ray.errors import ConfigError
 
 Reported = Literal["final", "best_last_20pct"]
 
@@ -151,3 +151,32 @@ def unsupported(name: str) -> dict[str, str]:
     if not p.flip:
         gaps["flip"] = "off"
     return gaps
+
+
+def apply_protocol(doc: dict, default_ipc: int = 10) -> dict:
+    """Fill the ``train:`` fields of preset ``train.protocol`` (:func:`train_overrides`) into a raw config mapping
+    (called by :class:`ddoq_ray.config.RunConfig` before validation; ``default_ipc``: ``quantize.ipc``'s
+    default). Fields already written in ``train:`` win over the preset, so ``--set train.epochs=2`` still
+    shortens a preset run, and re-loading a resolved config changes nothing.
+
+    The preset's batch rule needs the class count: ``len(data.class_subset)`` or a ``data.classes`` list, else 10
+    (CIFAR-10, Imagenette, ImageWoof; set ``train.batch_size`` for other class counts).
+
+    Raises:
+        ConfigError: unknown preset, or one whose settings the student loop cannot run yet
+            (:func:`unsupported`: SGD, step / half-cosine schedules, best-of-epochs).
+    """
+    train = doc.get("train")
+    name = train.get("protocol") if isinstance(train, dict) else None
+    if name is None:
+        return doc
+    gaps = unsupported(name)
+    if gaps:
+        raise ConfigError(f"train.protocol={name!r} needs settings the student loop does not implement yet ("
+                          + ", ".join(f"{k}: {v}" for k, v in gaps.items())
+                          + "); use sre2l, dd_ranking or ddoq_hard, or write the train fields yourself")
+    data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
+    listed = data.get("class_subset") or (data.get("classes") if isinstance(data.get("classes"), list) else None)
+    ipc = (doc.get("quantize") or {}).get("ipc", default_ipc)
+    preset = train_overrides(name, int(ipc), len(listed) if listed else 10)
+    return {**doc, "train": {**preset, **train}}
