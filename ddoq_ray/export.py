@@ -69,6 +69,13 @@ def default_method(cfg) -> str:
     return (mass or decoded or ["ddoq"])[0]
 
 
+def require_decoded(run_dir: str) -> None:
+    """Raises ExportError unless ``run_dir`` has a committed decode stage (checked before reading its config)."""
+    if committed(run_dir, "decode") is None:
+        raise ExportError(f"{run_dir}: the decode stage is not complete; run `ddoq-ray run` (or `ddoq-ray decode`) "
+                          "first")
+
+
 def distilled_table(run_dir: str, method: str | None = "ddoq") -> tuple[pa.Table, dict]:
     """The distilled set of a finished run as one table (columns in the module docstring) and its metadata.
 
@@ -85,18 +92,14 @@ def distilled_table(run_dir: str, method: str | None = "ddoq") -> tuple[pa.Table
     from .artifacts.methods import method_weights, weight_scheme
     from .artifacts.synthetic import read_manifest
 
-    cfg = None
+    run_dir = storage.normalize(run_dir)
+    require_decoded(run_dir)
+    cfg = load_config(storage.join(run_dir, "config.yaml"))
     if method is None:
-        cfg = load_config(storage.join(storage.normalize(run_dir), "config.yaml"))
         method = default_method(cfg)
     if method not in METHODS:
         raise ExportError(f"--method {method!r}: export one of {', '.join(METHODS)} (the random baseline is a "
                           "subset of the real data)")
-    run_dir = storage.normalize(run_dir)
-    if committed(run_dir, "decode") is None:
-        raise ExportError(f"{run_dir}: the decode stage is not complete; run `ddoq-ray run` (or `ddoq-ray decode`) "
-                          "first")
-    cfg = cfg or load_config(storage.join(run_dir, "config.yaml"))
     decode = stage_path(run_dir, "decode")
     algorithm = PRESETS[method].algorithm
     rows = read_manifest(decode, algorithm).to_pylist()
@@ -336,6 +339,7 @@ def main_export(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", choices=METHODS, default=None,
                     help="a decoded method of the run (default: its first decoded mass method)")
     a = ap.parse_args(argv)
+    require_decoded(storage.normalize(a.run))
     method = a.method or default_method(load_config(storage.join(storage.normalize(a.run), "config.yaml")))
     out = a.out or storage.join(a.run, "export", f"{method}-{a.format}")
     print(json.dumps(export(a.run, out, a.format, method)))
