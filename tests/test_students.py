@@ -314,15 +314,16 @@ def test_student_concurrency_fits_the_cluster(monkeypatch):
 def test_students_in_parallel_match_students_in_sequence(ray_session, tmp_path):
     """Two TorchTrainers at once (1 CPU each on the 2-CPU test cluster) give exactly the accuracies of the same
     students trained one after another in this process on 1 thread: concurrency changes scheduling, not results."""
+    from ddoq_ray.artifacts.train_inputs import TrainInputs
     from ddoq_ray.config import load_config
-    from ddoq_ray.evaluate import EvalInputs, method_set, student_concurrency, train_many
+    from ddoq_ray.evaluate import student_concurrency, train_many
 
     train, test = _synthetic(6, 0), _synthetic(20, 1)
     cfg = load_config("configs/smoke.yaml", ["train.image_size=16", "train.epochs=3", "train.batch_size=8",
                                             "train.cpus_per_worker=1", "train.use_gpu=false",
                                             "train.label_mode=hard", "train.precision=fp32"])
     syn = {"images": train["images"], "labels": train["labels"], "mass": np.linspace(0.5, 1.5, 18) / 18}
-    inp = EvalInputs(cfg, tmp_path, None, test, 3, None, None, {"source": None}, syn)
+    inp = TrainInputs(cfg, str(tmp_path), None, test, 3, None, None, {"source": None}, {"minibatch": syn})
     jobs = [(cfg.train, "d4m", 0), (cfg.train, "ddoq", 1)]
     assert student_concurrency(cfg.train, len(jobs)) == 2
     par = train_many(inp, jobs, tmp_path / "par")
@@ -330,7 +331,7 @@ def test_students_in_parallel_match_students_in_sequence(ray_session, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        seq = [fit_student(method_set(inp, m, s, t), test, None, t, s, 3, device="cpu") for t, m, s in jobs]
+        seq = [fit_student(inp.method_set(m, s, t), test, None, t, s, 3, device="cpu") for t, m, s in jobs]
     finally:
         torch.set_num_threads(threads)
     assert [r["top1"] for r in par] == [r["top1"] for r in seq]
