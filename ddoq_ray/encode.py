@@ -210,9 +210,11 @@ def encode_stream(cfg: RunConfig, index: pa.Table, todo: list[dict], vae_path: s
         batch_size=ecfg.batch_size, batch_format="numpy",
         num_cpus=ecfg.num_cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor if device == "cuda" else None,
     )
+    # Writer batches of a shard's size: the files are one per (shard, label, status) and batch, so 128-row
+    # encoder blocks of a shuffled 1,000-class split made ~1 file per row (docs/benchmarks.md, stand-in run).
     ds = ds.map_batches(write_rows, fn_kwargs={"out": out, "starts": [s["start"] for s in todo],
                                                "ids": [s["id"] for s in todo]},
-                        batch_size=None, batch_format="pyarrow", num_cpus=0.25)
+                        batch_size=ecfg.shard_rows, batch_format="pyarrow", num_cpus=0.25)
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)
 
 

@@ -46,13 +46,35 @@ def scan(out: str, columns: list[str] | None = None, status: str | None = None,
     return ds.to_table(columns=columns, filter=flt)
 
 
+def class_files(out: str, label: int, status: str = "ok") -> list[str]:
+    """The Parquet files of one class: ``latents/shard=*/status=<status>/label=<label>/*.parquet``, found by listing
+    only those folders (one listing of ``latents/`` plus one per shard), never the whole dataset: a 1,000-class
+    run has ~1,000 files per shard, and discovering all of them for each class task was quadratic in the
+    class count (docs/benchmarks.md, ImageNet-shaped stand-in)."""
+    root = storage.join(out, "latents")
+    files = []
+    for shard in storage.listdir(root):
+        if shard.startswith("shard="):
+            d = storage.join(root, shard, f"status={status}", f"label={label}")
+            files += [storage.join(d, f) for f in storage.listdir(d) if f.endswith(".parquet")]
+    return files
+
+
+def _read_files(out: str, files: list[str], columns: list[str]) -> pa.Table:
+    if not files:
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    fs, _ = storage.resolve(storage.join(out, "latents"))
+    paths = [storage.resolve(f)[1] for f in files]
+    return pads.dataset(paths, format="parquet", filesystem=fs).to_table(columns=columns)
+
+
 def read_class_latents(out: str, label: int) -> tuple[list[str], np.ndarray]:
     """All usable latents of one class, sorted by id (deterministic regardless of write order or sharding).
 
     Returns:
         ``(ids, latents float32 [n, C, h, w])``.
     """
-    t = scan(out, columns=["id", "latent"], status="ok", label=label)
+    t = _read_files(out, class_files(out, label), ["id", "latent"])
     if t.num_rows == 0:
         return [], np.zeros((0,), dtype=np.float32)
     t = t.sort_by("id")
