@@ -187,7 +187,8 @@ def run_size(work: Path, frac: float, jpegs, encoder: Path) -> dict:
     files = sum(1 for _ in (run / "encode").rglob("*.parquet"))
     n = info["rows"]
     index_mb = _index_mb(data)
-    return {"index_mb": index_mb, "size": f"{frac:g}", "rows": n, "shards_in": info["shards"], "data_mb": round(info["bytes"] / 2**20),
+    return {"index_mb": index_mb, "size": f"{frac:g}", "rows": n,
+            "shards_in": info["shards"], "data_mb": round(info["bytes"] / 2**20),
             "make_s": round(make_s, 1), "wall_s": round(wall, 1), "encode_s": enc["wall_s"],
             "quantize_s": qua["wall_s"], "other_s": round(wall - enc["wall_s"] - qua["wall_s"], 1),
             "encode_img_s": round(n / enc["wall_s"]), "overhead_ms_per_img": round(1e3 * enc["wall_s"] / n, 3),
@@ -276,8 +277,8 @@ def main(argv=None) -> None:
     finally:
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    cols = ["size", "rows", "index_mb", "wall_s", "encode_s", "quantize_s", "other_s", "encode_img_s", "overhead_ms_per_img",
-            "latent_files", "driver_peak_mb", "workers_peak_sum_mb", "worker_peak_max_mb"]
+    cols = ["size", "rows", "index_mb", "wall_s", "encode_s", "quantize_s", "other_s", "encode_img_s",
+            "overhead_ms_per_img", "latent_files", "driver_peak_mb", "workers_peak_sum_mb", "worker_peak_max_mb"]
     print("\n" + table(rows, cols))
     if res:
         print("\nresume:\n" + table([res], list(res)))
