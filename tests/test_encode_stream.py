@@ -115,3 +115,35 @@ def test_parquet_read_touches_only_the_row_groups_of_its_rows(tmp_path, monkeypa
                       "row": [37, 3, 99, 30]})
     assert data._read_bytes(index, "image") == [b"img37", b"img3", b"img99", b"img30"]
     assert read == [[0, 3, 9]]
+
+
+def test_shuffled_classes_write_few_files_and_class_reads_list_only_their_folders(ray_session, assets, tmp_path,
+                                                                                   monkeypatch):
+    """A shuffled many-class split (HF ImageNet shards are) once wrote one file per (label, status) of every
+    256-2,048-row block: ~9,000 files for 20,000 rows of 1,000 classes, and every class task then discovered all of
+    them. Writer batches are now a shard's rows (one shard here: exactly one file per label), and a class read
+    lists its own folders only. Read blocks of 256 rows stand in for the 2,048-row blocks of a large split."""
+    from ddoq_ray.artifacts import latents
+
+    blocks = encode.todo_blocks
+    monkeypatch.setattr(encode, "todo_blocks", lambda index, todo: blocks(index, todo, rows_per_block=256))
+
+    cfg = load_config("configs/smoke.yaml", [f"assets_root={assets}", "data.max_per_class=200",
+                                             "encode.shard_rows=600", "encode.num_threads=1"])
+    index, _ = list_split(str(CIFAR_TRAIN), cfg.data, cfg.data.max_per_class)  # 3 classes x 200 rows
+    order = np.random.default_rng(0).permutation(index.num_rows)  # interleave the classes, as a shuffled shard
+    index = index.take(pa.array(order))
+    out, summary = str(tmp_path / "attempt"), {}
+    encode.run_encode(cfg, index, str(TAESD), out, summary)
+    assert summary["shards"] == 1 and summary["input"] == 600 == summary["encoded"]
+    files = [f for f, _ in storage.walk_files(storage.join(out, "latents"))]
+    assert len(files) == 3, files  # the previous writer: 9 (three read blocks x 3 labels)
+    full = scan(out, columns=["id", "label", "latent"], status="ok")
+    for c in range(3):
+        got = latents.class_files(out, c)
+        assert len(got) == 1 and f"/label={c}/" in got[0] and "/status=ok/" in got[0]
+        ids, z = latents.read_class_latents(out, c)
+        ref = full.filter(pa.compute.equal(full.column("label"), c)).sort_by("id")
+        assert ids == ref.column("id").to_pylist() and len(ids) == 200
+        assert np.array_equal(z, ref.column("latent").combine_chunks().to_numpy_ndarray())
+    assert latents.class_files(out, 7) == [] and latents.read_class_latents(out, 7)[0] == []
