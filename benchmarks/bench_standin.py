@@ -229,10 +229,14 @@ def resume(work: Path, frac: float, encoder: Path, kill_at: float) -> dict:
             break
     if proc.poll() is not None:
         raise RuntimeError("encode finished before the kill; raise the size or lower --kill-at")
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+    ray_procs = descendants(proc.pid)  # its local Ray cluster (GCS, raylet, workers); never `ray stop`, which
+    os.killpg(proc.pid, signal.SIGKILL)  # would also kill every other Ray cluster on the machine
+    for p in ray_procs:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], env=_env(),
-                   capture_output=True, check=False)
     attempt = sorted((run / "encode").glob("attempt-*"))[-1]
     done_ids = {p.stem for p in (attempt / "done").glob("*.json")}
     plan = json.loads((attempt / "shards.json").read_text())
