@@ -9,7 +9,8 @@ MiniBatchKMeans centroids, uniform / cell-mass weights); which images and weight
 
 Artifact ``<run>/train/<attempt>/`` (:func:`ddoq_ray.rundir.stage_path`): ``students.parquet`` (``method``,
 ``seed``, ``top1``, ``train_loss``, ``epochs``, ``n_train``, ``wall_s``, ``student``, ``lr``, ``label_mode``,
-``label_bytes_per_image_epoch``), ``teacher.json`` (teacher source and its top-1, the full-data reference),
+``label_bytes_per_image_epoch``; also ``students/<method>-seed<s>.json``, one per student as it finishes: the
+resume points), ``teacher.json`` (teacher source and its top-1, the full-data reference),
 ``labels/<method>-seed<s>/`` (``precomputed`` mode, see :mod:`ddoq_ray.students.labels`) and ``ray/`` (Ray Train
 run folders with checkpoints, written through ``RunConfig(storage_filesystem=...)``).
 ``ddoq-ray evaluate --archs a,b`` is the ``matrix`` stage: ``<run>/matrix/<attempt>/matrix_runs.parquet`` (one row
@@ -83,26 +84,48 @@ def student_concurrency(tcfg: TrainConfig, n_students: int) -> int:
     return max(1, min(n, n_students))
 
 
-def train_many(inp: TrainInputs, jobs: list[tuple[TrainConfig, str, int]], out: str, tag=lambda t: "") -> list[dict]:
+def train_many(inp: TrainInputs, jobs: list[tuple[TrainConfig, str, int]], out: str, tag=lambda t: "",
+               keep: bool = False) -> list[dict]:
     """Train the ``(train config, method, seed)`` students, up to :func:`student_concurrency` at once (threads,
-    each driving its own TorchTrainer; Ray schedules their workers). Rows come back in ``jobs`` order."""
+    each driving its own TorchTrainer; Ray schedules their workers). Rows come back in ``jobs`` order.
+
+    ``keep``: save each student's row as ``students/<tag><method>-seed<s>.json`` in ``out`` as soon as it is
+    trained, and take the row from there instead of training again (a resumed attempt of the stage)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def one(j):
+        t, m, s = j
+        loc = storage.join(out, "students", f"{tag(t)}{m}-seed{s}.json")
+        if keep and storage.is_file(loc):
+            return storage.read_json(loc)
+        row = train_one(inp, t, m, s, out, tag(t))
+        if keep:
+            storage.write_json(loc, row)
+        return row
+
     n = student_concurrency(jobs[0][0], len(jobs)) if jobs else 1
+    if keep:
+        done = sum(storage.is_file(storage.join(out, "students", f"{tag(t)}{m}-seed{s}.json")) for t, m, s in jobs)
+        if done:
+            log.info("train: %d of %d students were trained by the interrupted attempt; training the rest", done,
+                     len(jobs))
     if n == 1:
-        return [train_one(inp, t, m, s, out, tag(t)) for t, m, s in jobs]
+        return [one(j) for j in jobs]
     log.info("train: %d students, %d at a time", len(jobs), n)
     with ThreadPoolExecutor(n, thread_name_prefix="student") as ex:
-        return list(ex.map(lambda j: train_one(inp, j[0], j[1], j[2], out, tag(j[0])), jobs))
+        return list(ex.map(one, jobs))
 
 
 def train_stage(run, out: str, summary: dict) -> None:
-    """The registered ``train`` stage: every (method, seed) student with Ray Train, top-1 on the test split."""
+    """The registered ``train`` stage: every (method, seed) student with Ray Train, top-1 on the test split.
+
+    Resumable: each student's row is saved as it finishes (``students/*.json``), so a re-run after a crash trains
+    only the students the interrupted attempt (same fingerprint) had not finished."""
     cfg = run.cfg
     inp = load_train_inputs(run)
     storage.write_json(storage.join(out, "teacher.json"), {k: inp.teacher_info.get(k) for k in ("source", "arch",
                                                                                               "top1")})
-    rows = train_many(inp, [(cfg.train, m, s) for m in cfg.train.methods for s in cfg.train.seeds], out)
+    rows = train_many(inp, [(cfg.train, m, s) for m in cfg.train.methods for s in cfg.train.seeds], out, keep=True)
     storage.write_parquet(pa.Table.from_pylist(rows), storage.join(out, "students.parquet"))
     summary.update({"teacher_top1": inp.teacher_info["top1"], "students": len(rows),
                     "label_mode": cfg.train.label_mode})

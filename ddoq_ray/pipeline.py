@@ -2,7 +2,7 @@
 
 A stage is skipped when ``<run>/<stage>/_SUCCESS.json`` carries its current fingerprint (everything it depends
 on, :func:`ddoq_ray.stages.fingerprint`); otherwise it is recomputed into a new attempt folder and committed by
-that pointer (:mod:`ddoq_ray.rundir`); resumable stages (encode, matrix) continue an interrupted attempt with the
+that pointer (:mod:`ddoq_ray.rundir`); resumable stages (encode, train, matrix) continue an interrupted attempt with the
 same fingerprint. The run directory is a location (local path, ``s3://``, ``gs://``; :mod:`ddoq_ray.storage`).
 ``results.json`` and the printed table are rebuilt from the committed artifacts at the end of every run
 (:mod:`ddoq_ray.results`).
