@@ -230,10 +230,19 @@ class TrainConfig(_Section):
     epochs: int = Field(300, gt=0)
     batch_size: int = Field(64, gt=0)
     lr: float | None = Field(
-        None, gt=0, description="AdamW lr; None: the RDED per-architecture default (1e-3 ResNets/ConvNets, 2e-3 "
-                                "EfficientNet-B0, 2.5e-3 MobileNet-V2, 1e-4 Swin/ViT)."
+        None, gt=0, description="lr; None: SGD 0.01, AdamW the RDED per-architecture default (1e-3 ResNets/"
+                                "ConvNets, 2e-3 EfficientNet-B0, 2.5e-3 MobileNet-V2, 1e-4 Swin/ViT)."
     )
     weight_decay: float = Field(0.01, ge=0)
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw, or sgd with `momentum` (Minimax).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (not published by Minimax: 0.9 [choice]).")
+    schedule: Literal["cosine", "half_cosine", "step"] = Field(
+        "cosine", description="cosine: per step to 0; half_cosine: RDED's 0.5(1+cos(pi*epoch/epochs/2)), ends at "
+                              "lr/2; step: x0.2 at 2/3 and 5/6 of the epochs (Minimax).")
+    reported: Literal["final", "best_last_20pct"] = Field(
+        "final", description="The top-1 reported: the final epoch's, or RDED's best of the test evaluations every "
+                             "`eval_every` epochs in the last 20 % of training (and the final one).")
+    eval_every: int = Field(10, gt=0, description="Epochs between test evaluations (reported=best_last_20pct).")
     temperature: float = Field(4.0, gt=0, description="KL temperature T for soft labels.")
     mix: Literal["cutmix", "mixup"] = Field("cutmix", description="Batch mixing applied with prob. cutmix_prob.")
     cutmix_prob: float = Field(0.5, ge=0, le=1, description="Probability that a batch is mixed (CutMix or Mixup).")
@@ -264,10 +273,13 @@ class TrainConfig(_Section):
         return [check_method(m) for m in v]
 
     def resolved_lr(self) -> float:
-        """``lr`` if set, else the per-architecture default for ``student`` (see :func:`default_lr`)."""
+        """``lr`` if set, else SGD's 0.01 (Minimax) or AdamW's per-architecture default for ``student``
+        (:func:`default_lr`)."""
         from .students.defaults import default_lr
 
-        return self.lr if self.lr is not None else default_lr(self.student)
+        if self.lr is not None:
+            return self.lr
+        return 0.01 if self.optimizer == "sgd" else default_lr(self.student)
 
 
 class TuneConfig(_Section):

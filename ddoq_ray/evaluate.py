@@ -8,7 +8,8 @@ MiniBatchKMeans centroids, uniform / cell-mass weights); which images and weight
 :mod:`ddoq_ray.artifacts.train_inputs`.
 
 Artifact ``<run>/train/<attempt>/`` (:func:`ddoq_ray.rundir.stage_path`): ``students.parquet`` (``method``,
-``seed``, ``top1``, ``train_loss``, ``epochs``, ``n_train``, ``wall_s``, ``student``, ``lr``, ``label_mode``,
+``seed``, ``top1`` (as ``train.reported``), ``top1_final``, ``top1_epoch``, ``train_loss``, ``epochs``,
+``n_train``, ``wall_s``, ``student``, ``lr``, ``label_mode``,
 ``label_bytes_per_image_epoch``; also ``students/<method>-seed<s>.json``, one per student as it finishes: the
 resume points), ``teacher.json`` (teacher source and its top-1, the full-data reference),
 ``labels/<method>-seed<s>/`` (``precomputed`` mode, see :mod:`ddoq_ray.students.labels`) and ``ray/`` (Ray Train
@@ -55,6 +56,7 @@ def train_one(inp: TrainInputs, tcfg: TrainConfig, method: str, seed: int, out: 
     t0 = time.time()
     m = train_student_ray(train, inp.test, spec, tcfg, seed, inp.n_classes, storage.join(out, "ray"), name)
     row = {"method": method, "seed": seed, "top1": float(m["top1"]),
+           "top1_final": float(m.get("top1_final", m["top1"])), "top1_epoch": m.get("top1_epoch"),
            "train_loss": float(m.get("train_loss", float("nan"))), "epochs": int(m.get("epochs", 0)),
            "n_train": len(train["labels"]), "wall_s": round(time.time() - t0, 1), "student": tcfg.student,
            "lr": tcfg.resolved_lr(), "label_mode": tcfg.label_mode, "label_bytes_per_image_epoch": label_bytes}

@@ -25,7 +25,8 @@ def test_rded_online_t20_half_cosine_best_of_last_20pct():
     assert resolved("rded", ipc=1).batch_size == 10  # capped at the set's size
     p = get("rded")
     assert (p.reported, p.eval_every, p.schedule) == ("best_last_20pct", 10, "half_cosine")
-    assert unsupported("rded") == {"schedule": "half_cosine", "reported": "best_last_20pct (evaluated every 10 epochs)"}
+    assert (t.optimizer, t.schedule, t.reported, t.eval_every) == ("adamw", "half_cosine", "best_last_20pct", 10)
+    assert unsupported("rded") == {}
 
 
 def test_sre2l_precomputed_fkd():
@@ -43,11 +44,14 @@ def test_dd_ranking_cifar10_setting():
     assert "lr" not in train_overrides("dd_ranking", 10, 10)  # not documented: the config's lr stays
 
 
-def test_hard_is_minimax_with_its_gaps_listed():
+def test_hard_is_minimax_sgd_with_step_decay():
     o = train_overrides("hard", 10, 10)
-    assert o == {"label_mode": "hard", "epochs": 2000, "mix": "cutmix", "cutmix_beta": 1.0, "seeds": [0, 1, 2]}
+    assert o == {"label_mode": "hard", "epochs": 2000, "mix": "cutmix", "cutmix_beta": 1.0, "seeds": [0, 1, 2],
+                 "optimizer": "sgd", "lr": 0.01, "schedule": "step", "reported": "final"}
     assert train_overrides("hard", 50, 10)["epochs"] == 1500
-    assert unsupported("hard") == {"optimizer": "sgd lr 0.01", "schedule": "step"}
+    assert unsupported("hard") == {}
+    t = resolved("hard")
+    assert (t.optimizer, t.resolved_lr(), t.momentum, t.schedule) == ("sgd", 0.01, 0.9, "step")
 
 
 def test_ddoq_hard_is_exactly_the_main_jobs_train_section():
@@ -55,6 +59,13 @@ def test_ddoq_hard_is_exactly_the_main_jobs_train_section():
     for key, value in train_overrides("ddoq_hard", 10, 10).items():
         assert getattr(main, key) == value, key
     assert unsupported("ddoq_hard") == {}
+
+
+def test_a_preset_config_loads_with_every_field_applied(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {train: train.parquet}\ntrain: {protocol: hard, epochs: 7}\n")
+    t = load_config(cfg).train
+    assert (t.optimizer, t.schedule, t.lr, t.epochs, t.label_mode) == ("sgd", "step", 0.01, 7, "hard")  # --set wins
 
 
 def test_every_preset_names_sources_and_resolves():

@@ -5,8 +5,9 @@ flip -> CutMix or Mixup with probability ``cfg.cutmix_prob`` (weights mixed by l
 ``cfg.label_mode``: ``online`` (the frozen teacher labels the augmented, mixed batch), ``precomputed`` (the same
 batches and fp16 teacher logits replayed from Parquet, :mod:`~ddoq_ray.students.labels`) or ``hard``
 (weighted cross-entropy, labels mixed by lam) -> loss :func:`~ddoq_ray.students.losses.soft_label_kl` with the
-per-sample weights (``cfg.weight_norm == "batch"``: rescaled to mean 1 per batch). AdamW + per-step cosine
-schedule over ``cfg.epochs``; lr ``cfg.resolved_lr()``. Everything random is driven by ``seed``
+per-sample weights (``cfg.weight_norm == "batch"``: rescaled to mean 1 per batch). AdamW or SGD with the
+``cfg.schedule`` lr schedule (:func:`make_optimizer`); lr ``cfg.resolved_lr()``; the reported top-1 is the final
+epoch's or the best of the last 20 % (``cfg.reported``, :func:`scored_epoch`). Everything random is driven by ``seed``
 (torch.manual_seed for the init, explicit generators for shuffling and augmentation), so two runs with the same
 seed give the same model on CPU.
 """
@@ -148,11 +149,11 @@ def fit_loop(
         plan = OnlinePlan(n, cfg, seed, cfg.image_size, rank, world_size)
     # Step 4, optimiser, cosine schedule and mixed precision; resume from a checkpoint state.
     n_steps = steps_per_epoch(n, cfg.batch_size, world_size)[0]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.resolved_lr(), weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * n_steps)
+    opt, sched = make_optimizer(model, cfg, n_steps)
     amp = autocast_dtype(device, cfg.precision)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     start_epoch, train_loss = 0, float("nan")
+    best = {"top1": None, "epoch": None}  # reported=best_last_20pct: the best test evaluation so far
     if start_state is not None:
         _unwrap(model).load_state_dict(start_state["model"])
         opt.load_state_dict(start_state["optimizer"])
@@ -160,6 +161,7 @@ def fit_loop(
         plan.load_state(start_state)
         start_epoch = int(start_state["epoch"])
         train_loss = float(start_state.get("train_loss", float("nan")))
+        best = start_state.get("best", best)
 
     def make_state() -> dict:
         # Deep copies: state_dict() returns live tensors that later optimizer steps modify in place.
@@ -170,6 +172,7 @@ def fit_loop(
             **plan.state(),
             "epoch": epoch_done,
             "train_loss": train_loss,
+            "best": dict(best),
             "student": cfg.student,
             "num_classes": num_classes,
         }
@@ -217,6 +220,11 @@ def fit_loop(
             count += len(b.idx)
         train_loss = loss_sum / max(count, 1)
         epoch_done = epoch + 1
+        if rank == 0 and test is not None and epoch_done < cfg.epochs and scored_epoch(cfg, epoch_done):
+            top1 = evaluate(_unwrap(model), test["images"], test["labels"], cfg.eval_batch_size, device,
+                            cfg.precision)
+            if best["top1"] is None or top1 > best["top1"]:
+                best = {"top1": top1, "epoch": epoch_done}
         if on_epoch is not None and epoch_done < cfg.epochs:
             m = {"epoch": epoch_done, "train_loss": train_loss, "epoch_s": time.perf_counter() - t_epoch}
             if val is not None and val_every and epoch_done % val_every == 0 and rank == 0:
@@ -232,11 +240,52 @@ def fit_loop(
     if rank == 0 and test is not None:
         top1 = evaluate(_unwrap(model), test["images"], test["labels"], cfg.eval_batch_size, device,
                         cfg.precision)
+        metrics["top1_final"] = top1
+        metrics["top1_epoch"] = epoch_done
+        if cfg.reported == "best_last_20pct" and best["top1"] is not None and best["top1"] > top1:
+            top1 = best["top1"]
+            metrics["top1_epoch"] = best["epoch"]
         metrics["top1"] = top1
     if on_epoch is not None:
         on_epoch(dict(metrics), make_state, True)
     return {"top1": top1, "train_loss": train_loss, "epochs": epoch_done, "n_train": n, "train_s": train_s,
-            "start_epoch": start_epoch, **({"val_top1": metrics["val_top1"]} if "val_top1" in metrics else {})}
+            "start_epoch": start_epoch, **{k: metrics[k] for k in ("val_top1", "top1_final", "top1_epoch")
+                                           if k in metrics}}
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, n_steps: int):
+    """``(optimizer, per-step lr scheduler)`` of ``cfg`` for ``n_steps`` steps per epoch.
+
+    - ``adamw`` (lr, weight_decay) or ``sgd`` (lr, ``momentum``, weight_decay);
+    - ``cosine``: ``CosineAnnealingLR`` over every step, to 0 (SRe2L / D4M FKD, the project's default);
+    - ``half_cosine``: RDED's per-epoch factor 0.5 (1 + cos(pi e / E / 2)), from 1 to ~0.5 (method.md §5.2);
+    - ``step``: x0.2 at 2/3 and at 5/6 of the E epochs (Minimax, method.md §5.3).
+    """
+    import math
+
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.resolved_lr(), momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.resolved_lr(), weight_decay=cfg.weight_decay)
+    E = cfg.epochs
+    if cfg.schedule == "cosine":
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=E * n_steps)
+    if cfg.schedule == "half_cosine":
+        def factor(step):
+            return 0.5 * (1 + math.cos(math.pi * (step // n_steps) / E / 2))
+    else:
+        def factor(step):
+            e = step // n_steps
+            return 0.2 ** ((e >= 2 * E / 3) + (e >= 5 * E / 6))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def scored_epoch(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether the test split is scored after ``epoch`` (1-based) for ``reported=best_last_20pct``: every
+    ``eval_every`` epochs in the last 20 % of training (RDED ``validation/main.py``, method.md §5.2); the final
+    epoch is always scored."""
+    return cfg.reported == "best_last_20pct" and epoch % cfg.eval_every == 0 and epoch > 0.8 * cfg.epochs
 
 
 def default_device() -> torch.device:
