@@ -14,7 +14,7 @@ import os
 import sys
 
 SCRIPTS = ["bench_quantize", "bench_w2", "bench_encode", "bench_quantize_scale", "bench_main_job", "bench_jpeg",
-           "cost_model"]
+           "bench_standin", "cost_model"]
 
 
 def main(argv=None):

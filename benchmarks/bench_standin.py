@@ -13,7 +13,7 @@ that what is timed is the pipeline's own cost.
 - **Memory**: the driver's peak RSS (VmHWM of the ``ddoq-ray`` process via ``/usr/bin/time``-free /proc sampling),
   and the peak sum and peak single-process RSS of every other process of the run (Ray's raylet, GCS, workers),
   sampled every 0.5 s. Shared-memory pages of the object store count once per process that maps them.
-- **Resume** (``--resume``, at the largest size): ``ddoq-ray encode`` is SIGKILLed (the driver and its Ray processes)
+- **Resume** (``--resume``, at ``--resume-size``, default the smallest size): ``ddoq-ray encode`` is SIGKILLed (the driver and its Ray processes)
   once ``--kill-at`` of the shards have done markers, then ``ddoq-ray quantize`` re-runs; reported: shards done at
   the kill, rows on disk in unfinished shards (work lost, redone), shards re-encoded, and the final accounting
   (``input = encoded + skipped``, no duplicate id: checked by the encode stage's commit).
@@ -262,6 +262,7 @@ def main(argv=None) -> None:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--sizes", default="0.25,0.5,1", help="fractions of 1,281 rows per class")
     ap.add_argument("--resume", action="store_true", help="also the kill-and-resume run at the largest size")
+    ap.add_argument("--resume-size", type=float, default=None, help="size of the resume run (default: the smallest)")
     ap.add_argument("--kill-at", type=float, default=0.4, help="fraction of shards done when the driver is killed")
     ap.add_argument("--quick", action="store_true", help="1,000 classes x 20 rows, with resume")
     a = ap.parse_args(argv)
@@ -277,7 +278,7 @@ def main(argv=None) -> None:
         for frac in sizes:
             rows.append(run_size(work, frac, jpegs, encoder))
             print(table(rows[-1:], list(rows[-1])), flush=True)
-        res = resume(work, max(sizes), encoder, a.kill_at) if (a.resume or a.quick) else None
+        res = resume(work, a.resume_size or min(sizes), encoder, a.kill_at) if (a.resume or a.quick) else None
     finally:
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)

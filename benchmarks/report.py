@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from benchmarks._common import RESULTS, ROOT, table
+from benchmarks.report_standin import standin_section
 
 DOC = ROOT / "docs" / "benchmarks.md"
 
@@ -280,6 +281,7 @@ def main():
               _fmt_rows(mj.get("students") or [], ["time", "method", "seed", "top1", "wall_s"]), "",
               f"`/usr/bin/time -v`: {mj['time_v'] or 'not in the log yet (the job was still running)'}", ""]
         L += [f"- {n}" for n in mj.get("notes", [])] + [""]
+    L += standin_section(_load("bench_standin"), _fmt_rows)
     L += gpu_sections(_load("bench_jpeg"), _load("cost_model"), _load("gpu_check"))
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text("\n".join(L) + "\n")
