@@ -10,11 +10,11 @@ that what is timed is the pipeline's own cost.
   ``save_pretrained`` and loaded through the real path: latents 4x4x4 at 32 px. Its own kernel cost is measured
   in-process and reported beside the pipeline's (``encoder_kernel_img_s``).
 - **Sizes**: ``--sizes 0.25,0.5,1`` of 1,281 rows per class (all 1,000 classes each time).
-- **Memory**: the driver's peak RSS (VmHWM of the ``ddoq-ray`` process via ``/usr/bin/time``-free /proc sampling),
+- **Memory**: the driver's peak RSS (the ``ddoq-ray`` process, sampled from /proc every 0.5 s),
   and the peak sum and peak single-process RSS of every other process of the run (Ray's raylet, GCS, workers),
   sampled every 0.5 s. Shared-memory pages of the object store count once per process that maps them.
-- **Resume** (``--resume``, at ``--resume-size``, default the smallest size): ``ddoq-ray encode`` is SIGKILLed (the driver and its Ray processes)
-  once ``--kill-at`` of the shards have done markers, then ``ddoq-ray quantize`` re-runs; reported: shards done at
+- **Resume** (``--resume``, at ``--resume-size``, default the smallest size): ``ddoq-ray encode`` is SIGKILLed
+  (the driver and its Ray processes) once ``--kill-at`` of the shards have done markers, then ``ddoq-ray quantize`` re-runs; reported: shards done at
   the kill, rows on disk in unfinished shards (work lost, redone), shards re-encoded, and the final accounting
   (``input = encoded + skipped``, no duplicate id: checked by the encode stage's commit).
 
