@@ -13,10 +13,10 @@ that what is timed is the pipeline's own cost.
 - **Memory**: the driver's peak RSS (the ``ddoq-ray`` process, sampled from /proc every 0.5 s),
   and the peak sum and peak single-process RSS of every other process of the run (Ray's raylet, GCS, workers),
   sampled every 0.5 s. Shared-memory pages of the object store count once per process that maps them.
-- **Resume** (``--resume``, at ``--resume-size``, default the smallest size): ``ddoq-ray encode`` is SIGKILLed
-  (the driver and its Ray processes) once ``--kill-at`` of the shards have done markers, then ``ddoq-ray
-  quantize`` re-runs; reported: shards done at the kill, rows on disk in unfinished shards (work lost, redone), shards re-encoded, and the final accounting
-  (``input = encoded + skipped``, no duplicate id: checked by the encode stage's commit).
+- **Resume** (``--resume``, at ``--resume-size``, default the smallest size): ``ddoq-ray encode`` is SIGKILLed (the
+  driver and its Ray processes) once ``--kill-at`` of the shards have done markers, then ``ddoq-ray quantize`` re-
+  runs; reported: shards done at the kill, rows on disk in unfinished shards (work lost, redone), shards re-encoded,
+  and the final accounting (``input = encoded + skipped``, no duplicate id: checked by the encode stage's commit).
 
     RAY_AUTH_MODE=disabled .venv/bin/python -m benchmarks.bench_standin [--work DIR] [--sizes 0.25,0.5,1] [--resume]
     .venv/bin/python -m benchmarks.bench_standin --quick      # 1,000 classes x 20 rows, resume included
