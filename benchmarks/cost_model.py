@@ -37,7 +37,8 @@ SD_UNET_CFG_STEPS_PER_S = 31.19  # A100 80GB SXM, diffusers SDPA, batch 1 (fal-a
 RN50_TRAIN_IMG_S = 2470  # 1 x A100 80GB AMP (NVIDIA DeepLearningExamples)
 RN50_GFLOP, RN18_GFLOP = 4.1, 1.8  # He et al. 2016 Table 1
 SOURCES = {
-    "encode": "https://huggingface.co/docs/diffusers/hybrid_inference/vae_encode (SD v1.5 VAE, RTX 4090, batch 1)",
+    "encode": "https://huggingface.co/docs/diffusers/hybrid_inference/vae_encode (SD v1.5 VAE, RTX 4090, batch 1); "
+              "CPU side measured: bench_jpeg.json + bench_standin.json",
     "decode": "https://github.com/fal-ai/stable-diffusion-benchmarks (SD-1.5, A100 80GB, 31.19 it/s) x counted FLOPs",
     "quantize": "measured: benchmarks/results/bench_quantize_scale.json (2 CPU cores)",
     "train": "NVIDIA DeepLearningExamples ResNet50v1.5 (A100 80GB AMP 2,470 img/s) x FLOPs (He et al. 2016)",
@@ -72,6 +73,19 @@ def _gpu_check_peak(check: str) -> float | None:
     return max(r["peak_mem_mb"] for r in rows) / 1024 if rows else None
 
 
+def encode_cpu_ms(size: int) -> float | None:
+    """CPU core-milliseconds per image of the encode stage besides the encoder: JPEG decode + resize at ``size``
+    (bench_jpeg.json, per core) plus the pipeline's own cost (bench_standin.json at full size: 2 cores x wall per
+    image, which also holds the stand-in encoder's share, so an upper bound). None until both have run."""
+    jp, st = RESULTS / "bench_jpeg.json", RESULTS / "bench_standin.json"
+    if not (jp.exists() and st.exists()):
+        return None
+    dec = {r["size"]: r["ms_per_image"] for r in json.loads(jp.read_text())["rows"] if "ms_per_image" in r}
+    full = max(json.loads(st.read_text())["sizes"], key=lambda r: r["rows"])
+    cores = json.loads(st.read_text())["machine"]["cores"]
+    return dec.get(size, max(dec.values())) + cores * 1e3 * full["encode_s"] / full["rows"]
+
+
 def config_costs(name: str, ipc: int, flops: dict, quant: dict) -> list[dict]:
     cfg = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
     d, dec, tr = cfg["data"], cfg["decode"], cfg["train"]
@@ -86,11 +100,14 @@ def config_costs(name: str, ipc: int, flops: dict, quant: dict) -> list[dict]:
     students = len(tr["methods"]) * len(tr["seeds"])
     student_img_s = RN50_TRAIN_IMG_S * (3 * RN50_GFLOP) / (3 * RN18_GFLOP + RN18_GFLOP)
     q = quant[ipc]
+    cpu_ms = encode_cpu_ms(size)
     rows = [
         {"stage": "encode", "work": f"{n_train:,} images at {size} px",
          "gpu_hours": n_train * VAE_ENCODE_S[size] / 3600,
-         "cpu_core_hours": None, "peak_gpu_gb": VAE_ENCODE_MEM_GB[size] * int(cfg["encode"]["batch_size"]),
-         "note": f"memory: batch-1 figure x batch {cfg['encode']['batch_size']} (upper bound)"},
+         "cpu_core_hours": None if cpu_ms is None else n_train * cpu_ms / 1e3 / 3600,
+         "peak_gpu_gb": VAE_ENCODE_MEM_GB[size] * int(cfg["encode"]["batch_size"]),
+         "note": f"memory: batch-1 figure x batch {cfg['encode']['batch_size']} (upper bound)"
+                 + ("" if cpu_ms is None else f"; CPU: {cpu_ms:.2f} core-ms/image (JPEG decode + pipeline)")},
         {"stage": "quantize", "work": f"{classes} classes, {dim:,}-d latents, IPC {ipc}", "gpu_hours": 0.0,
          "cpu_core_hours": q["s_per_class"] * classes * quant["cores"] * dim / 4096 / 3600,
          "peak_gpu_gb": None, "note": f"CPU; largest worker {q['worker_peak_rss_max_mb'] * dim / 4096:.0f} MB RSS "

@@ -239,9 +239,10 @@ class TrainConfig(_Section):
     schedule: Literal["cosine", "half_cosine", "step"] = Field(
         "cosine", description="cosine: per step to 0; half_cosine: RDED's 0.5(1+cos(pi*epoch/epochs/2)), ends at "
                               "lr/2; step: x0.2 at 2/3 and 5/6 of the epochs (Minimax).")
-    reported: Literal["final", "best_last_20pct"] = Field(
-        "final", description="The top-1 reported: the final epoch's, or RDED's best of the test evaluations every "
-                             "`eval_every` epochs in the last 20 % of training (and the final one).")
+    reported: Literal["final", "best_last_20pct", "best"] = Field(
+        "final", description="The top-1 reported: the final epoch's; best_last_20pct: RDED's best of the test "
+                             "evaluations every `eval_every` epochs in the last 20 % (and the final one); best: "
+                             "DD-Ranking's best of the evaluations every `eval_every` epochs.")
     eval_every: int = Field(10, gt=0, description="Epochs between test evaluations (reported=best_last_20pct).")
     temperature: float = Field(4.0, gt=0, description="KL temperature T for soft labels.")
     mix: Literal["cutmix", "mixup"] = Field("cutmix", description="Batch mixing applied with prob. cutmix_prob.")

@@ -118,11 +118,16 @@ def protocol_info(tcfg) -> dict:
     """The evaluation protocol of the run's students: the ``train.protocol`` preset (None: the fields as written),
     and which epoch's accuracy is reported (``train.reported``: the final epoch's test top-1, or the best of the
     test evaluations every ``eval_every`` epochs in the last 20 % of training, RDED's rule)."""
-    reported = ("final epoch" if tcfg.reported == "final" else
-                f"best of the test evaluations every {tcfg.eval_every} epochs in the last 20 % and the final one")
-    return {"name": tcfg.protocol, "reported": reported, "epochs": tcfg.epochs, "label_mode": tcfg.label_mode,
-            "batch_size": tcfg.batch_size, "seeds": list(tcfg.seeds), "optimizer": tcfg.optimizer,
-            "lr": tcfg.resolved_lr(), "schedule": tcfg.schedule}
+    from .students.protocols import get
+
+    reported = {"final": "final epoch",
+                "best_last_20pct": f"best of the test evaluations every {tcfg.eval_every} epochs in the last 20 % "
+                                   "and the final one",
+                "best": f"best of the test evaluations every {tcfg.eval_every} epochs"}[tcfg.reported]
+    deviations = dict(get(tcfg.protocol).deviations) if tcfg.protocol else {}
+    return {"name": tcfg.protocol, "reported": reported, "deviations": deviations, "epochs": tcfg.epochs,
+            "label_mode": tcfg.label_mode, "batch_size": tcfg.batch_size, "seeds": list(tcfg.seeds),
+            "optimizer": tcfg.optimizer, "lr": tcfg.resolved_lr(), "schedule": tcfg.schedule}
 
 
 def write_results(run) -> dict:

@@ -40,8 +40,9 @@ def test_sre2l_precomputed_fkd():
 def test_dd_ranking_cifar10_setting():
     t = resolved("dd_ranking")
     assert (t.label_mode, t.temperature, t.epochs, t.batch_size, t.min_crop_scale) == ("online", 20.0, 500, 100, 0.08)
-    assert t.seeds == [0, 1, 2, 3, 4] and t.weight_decay == 0.01
-    assert "lr" not in train_overrides("dd_ranking", 10, 10)  # not documented: the config's lr stays
+    assert t.seeds == [0, 1, 42, 1234, 3407] and t.weight_decay == 0.01  # SoftLabelEvaluator's seed_list
+    assert (t.lr, t.reported, t.eval_every, t.optimizer, t.schedule) == (0.01, "best", 20, "adamw", "cosine")
+    assert set(get("dd_ranking").deviations) == {"lr", "teacher", "score"}  # its lr search is not reproduced
 
 
 def test_hard_is_minimax_sgd_with_step_decay():
@@ -71,7 +72,7 @@ def test_a_preset_config_loads_with_every_field_applied(tmp_path):
 def test_every_preset_names_sources_and_resolves():
     for name, p in PRESETS.items():
         assert p.sources.get("all"), name
-        assert p.reported in ("final", "best_last_20pct")
+        assert p.reported in ("final", "best_last_20pct", "best")
         TrainConfig(**train_overrides(name, 50, 100))  # every override is a valid train: field
     with pytest.raises(DdoqError, match="train.protocol"):
         get("dc")

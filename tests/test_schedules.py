@@ -44,6 +44,8 @@ def test_best_of_last_20pct_scores_only_late_epochs():
     cfg = TrainConfig(reported="best_last_20pct", eval_every=10, epochs=300)
     assert [e for e in range(1, 301) if scored_epoch(cfg, e)] == [250, 260, 270, 280, 290, 300]
     assert not any(scored_epoch(TrainConfig(epochs=300), e) for e in range(1, 301))
+    every = TrainConfig(reported="best", eval_every=20, epochs=100)  # DD-Ranking: test_interval 20
+    assert [e for e in range(1, 101) if scored_epoch(every, e)] == [20, 40, 60, 80, 100]
 
 
 def test_reported_best_is_at_least_the_final_top1():

@@ -25,12 +25,15 @@ loop could not express would be listed by :func:`unsupported` and refused.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ddoq_ray.errors import ConfigError
 
-Reported = Literal["final", "best_last_20pct"]
+log = logging.getLogger("ddoq_ray")
+
+Reported = Literal["final", "best_last_20pct", "best"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,11 @@ class Protocol:
     """One evaluation protocol. Units: lr per optimizer step; ``epochs`` passes over the distilled set;
     ``min_crop_scale`` the RandomResizedCrop area fraction lower bound; ``batch_size`` images per step
     (``None``: :meth:`batch_for` rule); ``eval_every`` epochs between test evaluations (for best-of reporting);
-    ``reported``: which epoch's accuracy is the result (``final`` or ``best_last_20pct``: best of the evaluations
-    in the last 20 % of epochs); ``runs``: students per method whose mean ± std is reported."""
+    ``reported``: which epoch's accuracy is the result (``final``; ``best_last_20pct``: best of the evaluations
+    in the last 20 % of epochs; ``best``: best of the evaluations every ``eval_every`` epochs); ``runs``: students
+    per method whose mean ± std is reported; ``seeds``: their seeds when the source fixes them (else 0..runs-1);
+    ``deviations``: where this preset knowingly differs from its source (logged at config load and written into
+    ``results.json``), so no number is silently produced under another recipe."""
 
     name: str
     label_mode: Literal["online", "precomputed", "hard"]
@@ -61,6 +67,8 @@ class Protocol:
     eval_every: int | None
     runs: int
     sources: dict[str, str] = field(default_factory=dict, compare=False)
+    seeds: tuple[int, ...] | None = None
+    deviations: dict[str, str] = field(default_factory=dict, compare=False)
 
     def epochs_for(self, ipc: int) -> int:
         """Epochs at this IPC (Minimax: 2000 at IPC ≤ 10, 1500 at IPC ≥ 20; others: one value)."""
@@ -80,7 +88,8 @@ class Protocol:
 
 _RDED = "LINs-lab/RDED argument.py / validation/main.py (method.md §5.2)"
 _SRE2L = "VILA-Lab/SRe2L relabel.sh, train_FKD.sh; suduo94/D4M matching.sh, train_FKD.sh (method.md §4.4, §5.1)"
-_DDR = "DD-Ranking D4M/CIFAR10/IPC10.yaml (protocols.md §2)"
+_DDR = ("DD-Ranking D4M/CIFAR10/IPC10.yaml and ddranking/metrics/soft_label.py (SoftLabelEvaluator; "
+        "NUS-HPC-AI-Lab/DD-Ranking, read 2026-12-02)")
 _MINIMAX = "Minimax (Gu et al. 2024) as described in MGD³ App. I (method.md §5.3, protocols.md §2)"
 _MAIN = "configs/cifar10_taesd_ipc10.yaml, the project's main job (README 'Measured results')"
 
@@ -99,9 +108,19 @@ PRESETS: dict[str, Protocol] = {p.name: p for p in (
                                          "evaluations every 50 epochs (method.md §4.4)",
               "runs": "not fixed by SRe2L; 3 [choice]"}),
     Protocol("dd_ranking", "online", "ConvNet-3 teacher trained on the real train split", 20.0, "cutmix", 1.0,
-             1.0, 0.08, True, "adamw", None, 0.01, "cosine", 500, None, 100, "final", None, 5,
-             {"all": _DDR, "lr": "not in the notes [?]: the config's lr is kept",
-              "cutmix_prob": "CutMix on every batch [?]", "reported": "not in the notes [?]: final"}),
+             1.0, 0.08, True, "adamw", 0.01, 0.01, "cosine", 500, None, 100, "best", 20, 5,
+             {"all": _DDR, "lr": "default_lr 0.01; SoftLabelEvaluator searches it per run (see deviations)",
+              "cutmix_prob": "Cutmix(beta 1) applied to every batch (data_aug_func: cutmix)",
+              "reported": "best top-1 of the test evaluations every 20 epochs (test_interval = 20)",
+              "seeds": "seed_list = [0, 1, 42, 1234, 3407] for num_eval = 5 runs"},
+             seeds=(0, 1, 42, 1234, 3407),
+             deviations={"lr": "DD-Ranking picks each run's lr from [0.001, 0.005, 0.01, 0.05, 0.1] by test "
+                               "top-1; this preset trains at 0.01 (its default_lr). Sweep train.lr over that grid "
+                               "with `ddoq-ray tune` to reproduce the search.",
+                         "teacher": "DD-Ranking's pretrained ConvNet-3 teachers (downloaded); here the run's "
+                                    "train.teacher",
+                         "score": "DD-Ranking reports IOR = top-1(set) - top-1(random) and HLR; here top-1 per "
+                                  "method and the gain over `random` under the same preset"}),
     Protocol("hard", "hard", "none", None, "cutmix", None, 1.0, None, True, "sgd", 0.01, None, "step", 2000, 1500,
              None, "final", None, 3,
              {"all": _MINIMAX, "schedule": "lr ×0.2 at 2/3 and 5/6 of training",
@@ -130,7 +149,7 @@ def train_overrides(name: str, ipc: int, n_classes: int) -> dict:
     out = {"label_mode": p.label_mode, "epochs": p.epochs_for(ipc), "batch_size": p.batch_for(ipc, n_classes),
            "temperature": p.temperature, "mix": p.mix, "cutmix_prob": p.cutmix_prob, "cutmix_beta": p.cutmix_beta,
            "min_crop_scale": p.min_crop_scale, "weight_decay": p.weight_decay,
-           "seeds": list(range(p.runs))}
+           "seeds": list(p.seeds or range(p.runs))}
     out.update({"optimizer": p.optimizer, "lr": p.lr, "schedule": p.schedule, "reported": p.reported,
                 "eval_every": p.eval_every})
     return {k: v for k, v in out.items() if v is not None}
@@ -164,6 +183,8 @@ def apply_protocol(doc: dict, default_ipc: int = 10) -> dict:
     if name is None:
         return doc
     gaps = unsupported(name)
+    for key, why in get(name).deviations.items() if not gaps else ():
+        log.warning("train.protocol=%s differs from its source in %s: %s", name, key, why)
     if gaps:
         raise ConfigError(f"train.protocol={name!r} needs settings the student loop does not implement yet ("
                           + ", ".join(f"{k}: {v}" for k, v in gaps.items())

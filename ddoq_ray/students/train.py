@@ -242,7 +242,7 @@ def fit_loop(
                         cfg.precision)
         metrics["top1_final"] = top1
         metrics["top1_epoch"] = epoch_done
-        if cfg.reported == "best_last_20pct" and best["top1"] is not None and best["top1"] > top1:
+        if cfg.reported != "final" and best["top1"] is not None and best["top1"] > top1:
             top1 = best["top1"]
             metrics["top1_epoch"] = best["epoch"]
         metrics["top1"] = top1
@@ -282,10 +282,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, n_steps: int):
 
 
 def scored_epoch(cfg: TrainConfig, epoch: int) -> bool:
-    """Whether the test split is scored after ``epoch`` (1-based) for ``reported=best_last_20pct``: every
-    ``eval_every`` epochs in the last 20 % of training (RDED ``validation/main.py``, method.md §5.2); the final
-    epoch is always scored."""
-    return cfg.reported == "best_last_20pct" and epoch % cfg.eval_every == 0 and epoch > 0.8 * cfg.epochs
+    """Whether the test split is scored after ``epoch`` (1-based): ``reported=best_last_20pct``: every
+    ``eval_every`` epochs in the last 20 % of training (RDED ``validation/main.py``, method.md §5.2); ``best``:
+    every ``eval_every`` epochs (DD-Ranking's ``test_interval``); the final epoch is always scored."""
+    if cfg.reported == "final" or epoch % cfg.eval_every:
+        return False
+    return cfg.reported == "best" or epoch > 0.8 * cfg.epochs
 
 
 def default_device() -> torch.device:
