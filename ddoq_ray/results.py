@@ -162,26 +162,47 @@ def write_results(run) -> dict:
             mean, std = mean_std(accs)
             res["methods"][m] = {"top1_mean": mean, "top1_std": std, "top1": accs,
                                  "seeds": [r["seed"] for r in rows if r["method"] == m]}
+        add_gains(res["methods"])
     storage.write_json(storage.join(d, "results.json"), res)
     return res
+
+
+def add_gains(methods: dict) -> None:
+    """Add ``gain_over_random`` to every method of ``methods`` (``results.json`` ``methods``) when ``random`` ran
+    in the same train stage, hence under the same protocol preset: ``{"mean", "std", "n"}`` of the per-seed paired
+    differences top-1(method, seed s) - top-1(random, seed s) over the seeds both ran (top-1 fractions; std ddof
+    1, 0 for one seed), and ``beats_random``: mean > std over >= 2 seeds ("beats random by more than 1 std")."""
+    rnd = methods.get("random")
+    if not rnd:
+        return
+    by_seed = dict(zip(rnd["seeds"], rnd["top1"], strict=True))
+    for v in methods.values():
+        diffs = [a - by_seed[s] for s, a in zip(v["seeds"], v["top1"], strict=True) if s in by_seed]
+        if not diffs:
+            continue
+        mean, std = mean_std(diffs)
+        v["gain_over_random"] = {"mean": mean, "std": std, "n": len(diffs)}
+        v["beats_random"] = len(diffs) > 1 and mean > std
 
 
 def results_table(res: dict) -> str:
     """method | clustering | weights | images | IPC | mean latent W2 | student top-1 (mean ± std), as Markdown
     (the three parts from ``method_parts``; results written before issue 14 show ``—`` there)."""
     parts = res.get("method_parts") or {}
-    lines = ["| method | clustering | weights | images | IPC | mean latent W2 | top-1 (%) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | clustering | weights | images | IPC | mean latent W2 | top-1 (%) | vs random (points) |",
+             "|---|---|---|---|---|---|---|---|"]
     methods = res.get("methods") or {m: None for m in parts}
     for m, acc in methods.items():
         p = parts.get(m) or {}
         a = f"{100 * acc['top1_mean']:.2f} ± {100 * acc['top1_std']:.2f} (n={len(acc['top1'])})" if acc else "—"
+        g = (acc or {}).get("gain_over_random")
+        g_txt = "—" if not g or m == "random" else f"{100 * g['mean']:+.2f} ± {100 * g['std']:.2f}"
         w_txt = f"{p['w2']:.4f}" if p.get("w2") is not None else "—"
         lines.append(f"| {m} | {p.get('clustering', '—')} | {p.get('weights', '—')} | {p.get('images', '—')} | "
-                     f"{res['ipc']} | {w_txt} | {a} |")
+                     f"{res['ipc']} | {w_txt} | {a} | {g_txt} |")
     teacher = res.get("teacher") or {}
     if teacher.get("top1") is not None:
-        lines.append(f"| teacher (full data) | — | — | real | — | — | {100 * teacher['top1']:.2f} |")
+        lines.append(f"| teacher (full data) | — | — | real | — | — | {100 * teacher['top1']:.2f} | — |")
     return "\n".join(lines)
 
 

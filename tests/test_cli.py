@@ -63,7 +63,8 @@ def test_run_output_is_short_and_ends_with_table_and_report(assets, tmp_path):
     assert lines[0].endswith(f"run directory: {out} (config.yaml, one folder per stage; results.json and "
                              "report.html at the end)")
     tail = lines[-9:]
-    assert tail[0] == "| method | clustering | weights | images | IPC | mean latent W2 | top-1 (%) |"
+    assert tail[0] == ("| method | clustering | weights | images | IPC | mean latent W2 | top-1 (%) | "
+                       "vs random (points) |")
     assert [s.split(" |")[0] for s in tail[2:6]] == ["| random", "| d4m", "| ddoq", "| teacher (full data)"]
     assert tail[-2:] == [f"results: {out}/results.json", f"report: {out}/report.html"]
     # --json on the finished run (every stage complete: nothing recomputed): one JSON object on stdout

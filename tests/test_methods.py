@@ -108,7 +108,8 @@ def test_results_table_names_each_methods_parts(tiny):
     cfg, run, out = tiny
     res = write_results(run)
     table = results_table(res)
-    assert table.splitlines()[0] == "| method | clustering | weights | images | IPC | mean latent W2 | top-1 (%) |"
+    assert table.splitlines()[0] == ("| method | clustering | weights | images | IPC | mean latent W2 | top-1 (%) | "
+                                     "vs random (points) |")
     rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:5]] for ln in table.splitlines()[2:]}
     for m in cfg.train.methods:
         p = METHODS[m]

@@ -29,3 +29,19 @@ def test_resumed_train_trains_only_the_missing_students(tmp_path, monkeypatch):
     calls.clear()
     assert evaluate.train_many(None, jobs, out, keep=True) == rows and calls == []  # all four saved
     assert stages.REGISTRY["train"].resumable
+
+
+def test_gain_over_random_is_the_per_seed_paired_difference():
+    from ddoq_ray.results import add_gains, results_table
+
+    methods = {"random": {"top1": [0.30, 0.32, 0.31], "seeds": [0, 1, 2], "top1_mean": 0.31, "top1_std": 0.01},
+               "herding": {"top1": [0.35, 0.36, 0.36], "seeds": [0, 1, 2], "top1_mean": 0.3567, "top1_std": 0.006},
+               "ddoq": {"top1": [0.31, 0.31], "seeds": [0, 2], "top1_mean": 0.31, "top1_std": 0.0}}
+    add_gains(methods)
+    g = methods["herding"]["gain_over_random"]
+    assert g["n"] == 3 and abs(g["mean"] - (0.05 + 0.04 + 0.05) / 3) < 1e-12 and methods["herding"]["beats_random"]
+    d = methods["ddoq"]["gain_over_random"]  # paired on seeds 0 and 2 only: +0.01, 0.0
+    assert d["n"] == 2 and abs(d["mean"] - 0.005) < 1e-12 and not methods["ddoq"]["beats_random"]
+    assert methods["random"]["gain_over_random"]["mean"] == 0
+    table = results_table({"ipc": 10, "methods": methods})
+    assert "| herding | — | — | — | 10 | — | 35.67 ± 0.60 (n=3) | +4.67 ± 0.58 |" in table
