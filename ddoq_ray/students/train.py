@@ -7,7 +7,7 @@ batches and fp16 teacher logits replayed from Parquet, :mod:`~ddoq_ray.students.
 (weighted cross-entropy, labels mixed by lam) -> loss :func:`~ddoq_ray.students.losses.soft_label_kl` with the
 per-sample weights (``cfg.weight_norm == "batch"``: rescaled to mean 1 per batch). AdamW or SGD with the
 ``cfg.schedule`` lr schedule (:func:`make_optimizer`); lr ``cfg.resolved_lr()``; the reported top-1 is the final
-epoch's or the best of the last 20 % (``cfg.reported``, :func:`scored_epoch`). Everything random is driven by ``seed``
+epoch's or the best of scheduled test evaluations (``cfg.reported``, :func:`scored_epoch`). Everything random is driven by ``seed``
 (torch.manual_seed for the init, explicit generators for shuffling and augmentation), so two runs with the same
 seed give the same model on CPU.
 """
@@ -153,7 +153,7 @@ def fit_loop(
     amp = autocast_dtype(device, cfg.precision)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     start_epoch, train_loss = 0, float("nan")
-    best = {"top1": None, "epoch": None}  # reported=best_last_20pct: the best test evaluation so far
+    best = {"top1": None, "epoch": None}  # reported != final: the best test evaluation so far
     if start_state is not None:
         _unwrap(model).load_state_dict(start_state["model"])
         opt.load_state_dict(start_state["optimizer"])
