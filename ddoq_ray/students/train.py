@@ -8,8 +8,8 @@ batches and fp16 teacher logits replayed from Parquet, :mod:`~ddoq_ray.students.
 per-sample weights (``cfg.weight_norm == "batch"``: rescaled to mean 1 per batch). AdamW or SGD with the
 ``cfg.schedule`` lr schedule (:func:`make_optimizer`); lr ``cfg.resolved_lr()``; the reported top-1 is the final
 epoch's or the best of scheduled test evaluations (``cfg.reported``, :func:`scored_epoch`). Everything random is
-driven by ``seed`` (torch.manual_seed for the init, explicit generators for shuffling and augmentation), so two runs with the same
-seed give the same model on CPU.
+driven by ``seed`` (torch.manual_seed for the init, explicit generators for shuffling and augmentation), so two
+runs with the same seed give the same model on CPU.
 """
 
 from __future__ import annotations
