@@ -123,11 +123,12 @@ def test_results_table_names_each_methods_parts(tiny):
     assert res["protocol"]["reported"] == "final epoch"
 
 
-def test_main_job_config_is_lloyd_with_the_old_methods():
+def test_main_job_config_is_the_best_measured_method_with_the_papers():
     cfg = load_config("configs/cifar10_taesd_ipc10.yaml")
-    assert needed_algorithms(cfg) == decoded_algorithms(cfg) == ["lloyd"] and subsets_methods(cfg) == []
+    assert needed_algorithms(cfg) == ["lloyd", "minibatch"] and decoded_algorithms(cfg) == ["minibatch"]
+    assert subsets_methods(cfg) == ["lloyd_nearest"]
     assert [(METHODS[m].clustering, METHODS[m].weights, METHODS[m].images) for m in cfg.train.methods] == [
-        ("random", "uniform", "real"), ("lloyd", "uniform", "decoded"), ("lloyd", "mass", "decoded")]
+        ("random", "uniform", "real"), ("minibatch", "mass", "decoded"), ("lloyd", "mass", "nearest_real")]
     assert cfg.quantize.init == "random" and cfg.quantize.n_init == 1
     paper = load_config("configs/smoke.yaml")
     assert [METHODS[m].clustering for m in ("d4m", "ddoq")] == ["minibatch"] * 2
@@ -146,15 +147,16 @@ def test_protocol_presets_resolve_to_their_documented_values():
     tr = apply_protocol(doc)["train"]
     assert tr == {"protocol": "sre2l", "label_mode": "precomputed", "epochs": 300, "batch_size": 30,
                   "temperature": 20.0, "mix": "cutmix", "cutmix_prob": 1.0, "cutmix_beta": 1.0, "min_crop_scale": 0.08,
-                  "weight_decay": 0.01, "seeds": [0, 1, 2], "lr": 1e-3}
+                  "weight_decay": 0.01, "seeds": [0, 1, 2], "lr": 1e-3, "optimizer": "adamw", "schedule": "cosine",
+                  "reported": "final"}
     doc["train"] = {"protocol": "dd_ranking", "epochs": 7}
     tr = apply_protocol(doc)["train"]
-    assert (tr["epochs"], tr["batch_size"], tr["seeds"], tr["temperature"]) == (7, 30, [0, 1, 2, 3, 4], 20.0)
+    assert (tr["epochs"], tr["batch_size"], tr["seeds"], tr["temperature"]) == (7, 30, [0, 1, 42, 1234, 3407], 20.0)
     doc["train"] = {"protocol": "ddoq_hard"}
     doc["data"] = {"train": "x"}  # no class list: the 10-class rule
     tr = apply_protocol(doc)["train"]
     assert (tr["label_mode"], tr["epochs"], tr["batch_size"], tr["lr"], tr["cutmix_prob"]) == ("hard", 300, 50,
                                                                                               1e-3, 0.5)
-    for name in ("rded", "hard"):  # SGD / step / half-cosine / best-of-epochs are not implemented: refused
-        with pytest.raises(ConfigError, match=f"train.protocol='{name}'"):
-            load_config("configs/smoke.yaml", [f"train.protocol={name}"])
+    for name in ("rded", "hard"):  # SGD / step / half-cosine / best-of-epochs: run as documented since issue 14
+        t = load_config("configs/smoke.yaml", [f"train.protocol={name}"]).train
+        assert (t.optimizer, t.schedule) == {"rded": ("adamw", "half_cosine"), "hard": ("sgd", "step")}[name]
