@@ -10,7 +10,7 @@ from ddoq_ray.artifacts.centroids import read_assignments, read_centroids, read_
 from ddoq_ray.artifacts.latents import read_class_latents
 from ddoq_ray.artifacts.method_presets import METHODS, decoded_algorithms, needed_algorithms, subsets_methods
 from ddoq_ray.artifacts.subsets import read_selection, read_w2
-from ddoq_ray.config import ConfigError, load_config
+from ddoq_ray.config import load_config
 from ddoq_ray.pipeline import Run, run_stage
 from ddoq_ray.quantization import quantize_class
 from ddoq_ray.rundir import stage_path

@@ -32,18 +32,38 @@ def to_tensor_array(x: np.ndarray) -> pa.Array:
 def scan(out: str, columns: list[str] | None = None, status: str | None = None,
          label: int | None = None) -> pa.Table:
     """Read the latents table of an encode folder with plain pyarrow (any filesystem; hive partitions ``shard``,
-    ``status`` and ``label`` become columns)."""
-    part = pads.partitioning(pa.schema([("shard", pa.string()), ("status", pa.string()), ("label", pa.int64())]),
-                             flavor="hive")
-    fs, path = storage.resolve(storage.join(out, "latents"))
-    ds = pads.dataset(path, format="parquet", partitioning=part, filesystem=fs)
+    ``status`` and ``label`` become columns), one shard folder at a time: a dataset over every file of a
+    1,000-class run (one file per shard, label and status) held ~20 KB of fragment metadata per file in the
+    driver at once (docs/benchmarks.md, ImageNet-shaped stand-in), a shard's files only a shard's worth.
+
+    Returns:
+        the requested ``columns`` (default: ``id``, ``error``, ``latent``, ``shard``, ``status``, ``label``) of
+        the rows matching ``status`` / ``label``, shards in name order.
+    """
+    part = pads.partitioning(pa.schema([("status", pa.string()), ("label", pa.int64())]), flavor="hive")
+    root = storage.join(out, "latents")
+    fs, _ = storage.resolve(root)
     flt = None
     if status is not None:
         flt = pads.field("status") == status
     if label is not None:
         f2 = pads.field("label") == label
         flt = f2 if flt is None else flt & f2
-    return ds.to_table(columns=columns, filter=flt)
+    cols = list(columns) if columns is not None else ["id", "error", "latent", "shard", "status", "label"]
+    read = [c for c in cols if c != "shard"]
+    tables = []
+    for name in storage.listdir(root):
+        if not name.startswith("shard="):
+            continue
+        ds = pads.dataset(storage.resolve(storage.join(root, name))[1], format="parquet", partitioning=part,
+                          filesystem=fs)
+        t = ds.to_table(columns=read, filter=flt)
+        if "shard" in cols:
+            t = t.append_column("shard", pa.array([name.split("=", 1)[1]] * t.num_rows, pa.string()))
+        tables.append(t.select(cols))
+    if not tables:
+        raise FileNotFoundError(f"{root}: no shard=* folders (not an encode attempt folder?)")
+    return pa.concat_tables(tables)
 
 
 def class_files(out: str, label: int, status: str = "ok") -> list[str]:
