@@ -60,7 +60,7 @@ def scan(out: str, columns: list[str] | None = None, status: str | None = None,
         t = ds.to_table(columns=read, filter=flt)
         if "shard" in cols:
             t = t.append_column("shard", pa.array([name.split("=", 1)[1]] * t.num_rows, pa.string()))
-        tables.append(t.select(cols))
+        tables.append(t.select(cols).combine_chunks())  # one chunk per shard, not one per file
     if not tables:
         raise FileNotFoundError(f"{root}: no shard=* folders (not an encode attempt folder?)")
     return pa.concat_tables(tables)
