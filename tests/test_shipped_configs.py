@@ -25,6 +25,7 @@ import yaml
 from conftest import REPO
 from stand_ins import build_models, stand_in_assets
 
+from ddoq_ray.artifacts.method_presets import needed_algorithms
 from ddoq_ray.config import load_config
 from ddoq_ray.rundir import stage_path
 from ddoq_ray.stages import STAGES
@@ -104,10 +105,12 @@ def test_shipped_config_runs_on_stand_ins(path: Path, ray_session, models, tmp_p
     assert enc["input"] == enc["encoded"] + enc["skipped"] == n_cls * PER_CLASS and enc["skipped"] == 0
 
     cent = pq.read_table(Path(stage_path(str(run), "quantize")) / "centroids.parquet").to_pylist()
-    for c in range(n_cls):
-        rows = [r for r in cent if r["label"] == c]
-        assert sorted(r["k"] for r in rows) == list(range(IPC))  # K = IPC centroids per class
-        assert sum(r["count"] for r in rows) == PER_CLASS and np.isclose(sum(r["mass"] for r in rows), 1.0)
+    assert sorted({r["algorithm"] for r in cent}) == sorted(needed_algorithms(cfg))
+    for a in needed_algorithms(cfg):  # every clustering the methods need, each K = IPC centroids per class
+        for c in range(n_cls):
+            rows = [r for r in cent if r["label"] == c and r["algorithm"] == a]
+            assert sorted(r["k"] for r in rows) == list(range(IPC))
+            assert sum(r["count"] for r in rows) == PER_CLASS and np.isclose(sum(r["mass"] for r in rows), 1.0)
 
     n_images = n_cls * IPC * cfg.decode.images_per_centroid
     man = pq.read_table(Path(stage_path(str(run), "decode")) / "manifest.parquet").to_pylist()
