@@ -25,7 +25,7 @@ import yaml
 from conftest import REPO
 from stand_ins import build_models, stand_in_assets
 
-from ddoq_ray.artifacts.method_presets import needed_algorithms
+from ddoq_ray.artifacts.method_presets import decoded_algorithms, needed_algorithms
 from ddoq_ray.config import load_config
 from ddoq_ray.rundir import stage_path
 from ddoq_ray.stages import STAGES
@@ -112,7 +112,7 @@ def test_shipped_config_runs_on_stand_ins(path: Path, ray_session, models, tmp_p
             assert sorted(r["k"] for r in rows) == list(range(IPC))
             assert sum(r["count"] for r in rows) == PER_CLASS and np.isclose(sum(r["mass"] for r in rows), 1.0)
 
-    n_images = n_cls * IPC * cfg.decode.images_per_centroid
+    n_images = n_cls * IPC * cfg.decode.images_per_centroid * len(decoded_algorithms(cfg))
     man = pq.read_table(Path(stage_path(str(run), "decode")) / "manifest.parquet").to_pylist()
     assert on_disk["stages"]["decode"]["images"] == len(man) == n_images
     assert {r["mode"] for r in man} == {cfg.decode.mode}
