@@ -303,10 +303,7 @@ def account(out: str, index: pa.Table) -> dict:
     storage.write_parquet(skipped, storage.join(out, "skipped.parquet"))
     labels = t.column("label").to_numpy()
     good = ok.to_numpy(zero_copy_only=False)
-    per_class = {int(c): int(n) for c, n in zip(*np.unique(labels[good], return_counts=True), strict=True)}
-    for c in np.unique(labels):
-        per_class.setdefault(int(c), 0)
-    per_class = dict(sorted(per_class.items()))
+    per_class = {int(c): int((labels[good] == c).sum()) for c in np.unique(labels)}
     return {"input": index.num_rows, "encoded": int(good.sum()), "skipped": int(len(skipped)),
             "encoded_per_class": per_class,
             "skipped_rows": [{"id": r["id"], "label": r["label"], "error": r["error"]}

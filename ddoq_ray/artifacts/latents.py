@@ -52,9 +52,7 @@ def scan(out: str, columns: list[str] | None = None, status: str | None = None,
     cols = list(columns) if columns is not None else ["id", "error", "latent", "shard", "status", "label"]
     read = [c for c in cols if c != "shard"]
     tables = []
-    for name in storage.listdir(root):
-        if not name.startswith("shard="):
-            continue
+    for name in _shard_dirs(root):
         ds = pads.dataset(storage.resolve(storage.join(root, name))[1], format="parquet", partitioning=part,
                           filesystem=fs)
         t = ds.to_table(columns=read, filter=flt)
@@ -73,11 +71,15 @@ def class_files(out: str, label: int, status: str = "ok") -> list[str]:
     class count (docs/benchmarks.md, ImageNet-shaped stand-in)."""
     root = storage.join(out, "latents")
     files = []
-    for shard in storage.listdir(root):
-        if shard.startswith("shard="):
-            d = storage.join(root, shard, f"status={status}", f"label={label}")
-            files += [storage.join(d, f) for f in storage.listdir(d) if f.endswith(".parquet")]
+    for shard in _shard_dirs(root):
+        d = storage.join(root, shard, f"status={status}", f"label={label}")
+        files += [storage.join(d, f) for f in storage.listdir(d) if f.endswith(".parquet")]
     return files
+
+
+def _shard_dirs(root: str) -> list[str]:
+    """The ``shard=<s>`` folder names under an attempt's ``latents/``, sorted."""
+    return [n for n in storage.listdir(root) if n.startswith("shard=")]
 
 
 def _read_files(out: str, files: list[str], columns: list[str]) -> pa.Table:
