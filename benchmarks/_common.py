@@ -101,6 +101,18 @@ def rss_bytes(pid: int | str = "self") -> int:
     return 0
 
 
+def rss_shmem_bytes(pid: int | str = "self") -> int:
+    """The shared-memory part of a process's RSS (``RssShmem``: for a Ray process, object-store pages it has
+    touched); ``VmRSS - RssShmem`` is its own heap, stacks and mapped files."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssShmem:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def reset_peak_rss() -> None:
     """Reset this process's VmHWM (Linux: write 5 to clear_refs), so :func:`peak_rss` measures from now."""
     try:

@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import ROOT, descendants, rss_bytes, table, write_result
+from benchmarks._common import ROOT, descendants, rss_bytes, rss_shmem_bytes, table, write_result
+from benchmarks.report_standin import COLS
 
 N_CLASSES = 1000
 PER_CLASS = 1281
@@ -129,7 +130,7 @@ class Sampler:
     """Peak RSS of the driver (``pid``) and of every other process it or Ray started, sampled every 0.5 s."""
 
     def __init__(self, pid: int):
-        self.pid, self.driver, self.others_sum, self.others_max = pid, 0, 0, 0
+        self.pid, self.driver, self.driver_own, self.others_sum, self.others_max = pid, 0, 0, 0, 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -139,7 +140,9 @@ class Sampler:
 
     def _run(self):
         while not self._stop.is_set():
-            self.driver = max(self.driver, rss_bytes(self.pid))
+            rss_driver = rss_bytes(self.pid)
+            self.driver = max(self.driver, rss_driver)
+            self.driver_own = max(self.driver_own, rss_driver - rss_shmem_bytes(self.pid))
             rss = [rss_bytes(p) for p in self._ray_pids()]
             self.others_sum = max(self.others_sum, sum(rss))
             self.others_max = max(self.others_max, max(rss, default=0))
@@ -148,7 +151,8 @@ class Sampler:
     def stop(self) -> dict:
         self._stop.set()
         self._t.join()
-        return {"driver_peak_mb": round(self.driver / 2**20), "workers_peak_sum_mb": round(self.others_sum / 2**20),
+        return {"driver_peak_mb": round(self.driver / 2**20), "driver_own_peak_mb": round(self.driver_own / 2**20),
+                "workers_peak_sum_mb": round(self.others_sum / 2**20),
                 "worker_peak_max_mb": round(self.others_max / 2**20)}
 
 
@@ -282,9 +286,7 @@ def main(argv=None) -> None:
     finally:
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    cols = ["size", "rows", "index_mb", "wall_s", "encode_s", "quantize_s", "other_s", "encode_img_s",
-            "overhead_ms_per_img", "latent_files", "driver_peak_mb", "workers_peak_sum_mb", "worker_peak_max_mb"]
-    print("\n" + table(rows, cols))
+    print("\n" + table(rows, COLS))
     if res:
         print("\nresume:\n" + table([res], list(res)))
     write_result("bench_standin_quick" if a.quick else "bench_standin",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 COLS = ["size", "rows", "index_mb", "wall_s", "encode_s", "quantize_s", "other_s", "encode_img_s",
-        "overhead_ms_per_img", "latent_files", "driver_peak_mb", "workers_peak_sum_mb", "worker_peak_max_mb"]
+        "overhead_ms_per_img", "latent_files", "driver_peak_mb", "driver_own_peak_mb", "workers_peak_sum_mb",
+        "worker_peak_max_mb"]
 
 
 def standin_section(st: dict | None, fmt) -> list[str]:

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from . import folders, formats, storage
 from .config import DataConfig
 from .errors import DataError
+from .id_checks import duplicate_ids
 from .images import decode_batch
 
 log = logging.getLogger("ddoq_ray")
@@ -215,8 +216,9 @@ def list_split(source: str, dcfg: DataConfig, max_per_class: int | None = None,
             would be undefined and top-1 silently over fewer classes), unless ``class_subset`` leaves it out.
     Returns:
         ``(index, classes)``: ``index`` has columns ``id`` (string), ``label`` (int64, remapped to
-        0..C-1 when ``class_subset`` is set), ``orig_label`` (int64), ``file`` (string), ``row`` (int64; -1 for
-        ImageFolder); ``classes`` lists the kept class names in label order.
+        0..C-1 when ``class_subset`` is set), ``orig_label`` (int64), ``file`` (binary path or URI; dictionary-encoded,
+        one entry per file, for Parquet sources), ``row`` (int64; -1 for ImageFolder); ``classes`` lists the kept
+        class names in label order.
     Raises:
         DataError: missing columns, null/out-of-range labels, duplicate ids, empty split, a class with no images;
             with ``train``: a class not in the train split, a train class missing here.
@@ -253,8 +255,11 @@ def _list_split(source: str, dcfg: DataConfig, max_per_class: int | None, train:
                    else pa.array([f"{storage.basename(f)}:{i}" for i in range(n)]))
             if not (pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type)):  # mapped below
                 labels = pc.cast(labels, pa.int64())
-            parts.append(pa.table({"id": ids, "orig_label": labels,
-                                   "file": pa.array([os.fsencode(f)] * n, pa.binary()),
+            # One dictionary entry per Parquet file, 4 bytes per row (a repeated path was ~60 bytes per row,
+            # half the index of a 1.28 M-row split: docs/benchmarks.md, stand-in run).
+            file_col = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)),
+                                                      pa.array([os.fsencode(f)], pa.binary()))
+            parts.append(pa.table({"id": ids, "orig_label": labels, "file": file_col,
                                    "row": pa.array(np.arange(n, dtype=np.int64))}))
         index = pa.concat_tables(parts)
     elif storage.is_uri(source):
@@ -300,11 +305,9 @@ def _list_split(source: str, dcfg: DataConfig, max_per_class: int | None, train:
     if not mask.all():  # a full split (all of ImageNet) keeps its buffers: no copy of the index
         index = index.filter(pa.array(mask))
     index = index.append_column("label", pa.array(new[mask]))
-    counts_of = pc.value_counts(index.column("id"))  # one hash table of the ids (1.28 M: ~0.1 GB)
-    dup = counts_of.filter(pc.greater(pc.struct_field(counts_of, "counts"), 1))
-    del counts_of
-    if len(dup):
-        raise DataError(f"{source}: {len(dup)} duplicate ids, e.g. {dup[0]['values']}; set data.id_column")
+    n_dup, dup = duplicate_ids(index.column("id"))  # 8 bytes per row, not a hash table of the strings
+    if n_dup:
+        raise DataError(f"{source}: {n_dup} duplicate ids, e.g. {dup[0]}; set data.id_column")
     index = index.select(["id", "label", "orig_label", "file", "row"]).replace_schema_metadata(meta)
     return index, [classes[c] for c in keep_labels]
 

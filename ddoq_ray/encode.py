@@ -28,9 +28,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from . import storage
-from .artifacts.latents import META, scan, to_tensor_array
+from .artifacts.latents import META, scan_shard, shard_dirs, to_tensor_array
 from .config import RunConfig
 from .data import read_blocks
+from .id_checks import same_ids
 from .images import decode_batch
 
 
@@ -147,10 +148,17 @@ def todo_blocks(index: pa.Table, todo: list[dict], rows_per_block: int = 2048) -
     if not todo:
         return []
     pos = np.concatenate([np.arange(s["start"], s["stop"], dtype=np.int64) for s in todo])
-    rows = index.select(["id", "label", "file", "row"]).take(pa.array(pos)).append_column("pos", pa.array(pos))
     cuts = np.flatnonzero(np.diff(pos // rows_per_block)) + 1
     bounds = [0, *cuts.tolist(), len(pos)]
-    return [rows.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    slim = index.select(["id", "label", "file", "row"])
+    blocks = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        p = pos[a:b]
+        # A contiguous block is a zero-copy slice (Ray serialises only the slice's buffers); a take of the whole
+        # index copied it once more in the driver (docs/benchmarks.md, stand-in run).
+        rows = (slim.slice(int(p[0]), len(p)) if p[-1] - p[0] + 1 == len(p) else slim.take(pa.array(p)))
+        blocks.append(rows.append_column("pos", pa.array(p)))
+    return blocks
 
 
 def decode_rows(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -278,37 +286,49 @@ def run_encode(cfg: RunConfig, index: pa.Table, vae_path: str, out: str, summary
     meta = {"vae": cfg.encode.vae, "vae_path": vae_path, "vae_kind": vae_kind(vae_path, ecfg.vae_kind),
             "image_size": size, "latent_shape": list(shape), "latent": ecfg.latent}
     storage.write_json(storage.join(out, META), meta)
-    summary.update(account(out, index))
+    summary.update(account(out, index, plan))
     summary.update({"shards": len(plan), "resumed_shards": len(plan) - len(todo), "encoded_shards": len(todo)})
 
 
-def account(out: str, index: pa.Table) -> dict:
-    """Check ``input = encoded + skipped`` and unique ids; write ``skipped.parquet``; return the counts.
+def account(out: str, index: pa.Table, plan: list[dict]) -> dict:
+    """Check ``input = encoded + skipped`` shard by shard: each shard's files hold exactly the ids of its plan rows
+    (no id missing, none twice; the index's ids are unique, checked when it was listed, so no id is in two
+    shards). Write ``skipped.parquet``; return the counts.
+
+    One shard's rows are read at a time, so the driver holds a shard's ids, never a second copy (or a hash table)
+    of all of them (docs/benchmarks.md, stand-in run).
 
     Raises:
         RuntimeError: rows were lost or duplicated (a bug or a partial write: the stage is not committed).
     """
-    # Arrow compute only: Python sets of 1.28 M id strings made the driver grow ~1 KB per row (stand-in run).
-    t = scan(out, columns=["id", "label", "status", "error"])
-    ids = t.column("id")
-    n_unique = pc.count_distinct(ids).as_py()
-    if n_unique != len(ids):
-        raise RuntimeError(f"encode: {len(ids) - n_unique} duplicate ids in {out}/latents")
-    missing = index.column("id").filter(pc.invert(pc.is_in(index.column("id"), value_set=ids.combine_chunks())))
-    if len(missing) or len(ids) != index.num_rows:
-        raise RuntimeError(f"encode: input {index.num_rows} rows, wrote {len(ids)}; missing e.g. "
-                           f"{sorted(missing.slice(0, 1000).to_pylist())[:3]}")
-    ok = pc.equal(t.column("status"), "ok")
-    skipped = t.filter(pc.invert(ok)).select(["id", "label", "error"])
-    storage.write_parquet(skipped, storage.join(out, "skipped.parquet"))
-    labels = t.column("label").to_numpy()
-    good = ok.to_numpy(zero_copy_only=False)
-    per_class = {int(c): int((labels[good] == c).sum()) for c in np.unique(labels)}
-    return {"input": index.num_rows, "encoded": int(good.sum()), "skipped": int(len(skipped)),
-            "encoded_per_class": per_class,
+    stray = sorted(set(shard_dirs(storage.join(out, "latents"))) - {f"shard={s['id']}" for s in plan})
+    if stray:
+        raise RuntimeError(f"encode: {out}/latents holds shards that are not in the plan: {stray[:3]}")
+    ids = index.column("id")
+    encoded, per_class, seen, skipped = 0, {}, set(), []
+    for s in plan:
+        t = scan_shard(out, s["id"], columns=["id", "label", "status", "error"])
+        missing, extra = same_ids(t.column("id"), ids.slice(s["start"], s["stop"] - s["start"]))
+        if missing or extra:
+            raise RuntimeError(f"encode: shard {s['id']} of {out}/latents holds {t.num_rows} rows for "
+                               f"{s['stop'] - s['start']} inputs: missing e.g. {missing[:3]}, unexpected or "
+                               f"duplicate e.g. {extra[:3]}")
+        labels = t.column("label").to_numpy()
+        ok = pc.equal(t.column("status"), "ok").to_numpy(zero_copy_only=False)
+        seen.update(np.unique(labels).tolist())
+        for c, n in zip(*np.unique(labels[ok], return_counts=True), strict=True):
+            per_class[int(c)] = per_class.get(int(c), 0) + int(n)
+        encoded += int(ok.sum())
+        if not ok.all():
+            skipped.append(t.filter(pa.array(~ok)).select(["id", "label", "error"]))
+    skipped_t = (pa.concat_tables(skipped) if skipped else
+                 pa.table({"id": pa.array([], pa.string()), "label": pa.array([], pa.int64()),
+                           "error": pa.array([], pa.string())}))
+    storage.write_parquet(skipped_t, storage.join(out, "skipped.parquet"))
+    return {"input": index.num_rows, "encoded": encoded, "skipped": int(skipped_t.num_rows),
+            "encoded_per_class": {c: per_class.get(c, 0) for c in sorted(seen)},
             "skipped_rows": [{"id": r["id"], "label": r["label"], "error": r["error"]}
-                             for r in skipped.to_pylist()[:1000]]}
-
+                             for r in skipped_t.slice(0, 1000).to_pylist()]}
 
 
 def encode_stage(run, out: str, summary: dict) -> None:

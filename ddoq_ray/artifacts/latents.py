@@ -40,9 +40,20 @@ def scan(out: str, columns: list[str] | None = None, status: str | None = None,
         the requested ``columns`` (default: ``id``, ``error``, ``latent``, ``shard``, ``status``, ``label``) of
         the rows matching ``status`` / ``label``, shards in name order.
     """
-    part = pads.partitioning(pa.schema([("status", pa.string()), ("label", pa.int64())]), flavor="hive")
     root = storage.join(out, "latents")
-    fs, _ = storage.resolve(root)
+    names = shard_dirs(root)
+    if not names:
+        raise FileNotFoundError(f"{root}: no shard=* folders (not an encode attempt folder?)")
+    return pa.concat_tables([scan_shard(out, n.split("=", 1)[1], columns, status, label) for n in names])
+
+
+def scan_shard(out: str, shard: str, columns: list[str] | None = None, status: str | None = None,
+               label: int | None = None) -> pa.Table:
+    """:func:`scan` of one shard folder ``latents/shard=<shard>`` (one chunk per column); an absent folder
+    gives an empty table."""
+    part = pads.partitioning(pa.schema([("status", pa.string()), ("label", pa.int64())]), flavor="hive")
+    d = storage.join(out, "latents", f"shard={shard}")
+    fs, path = storage.resolve(d)
     flt = None
     if status is not None:
         flt = pads.field("status") == status
@@ -51,17 +62,13 @@ def scan(out: str, columns: list[str] | None = None, status: str | None = None,
         flt = f2 if flt is None else flt & f2
     cols = list(columns) if columns is not None else ["id", "error", "latent", "shard", "status", "label"]
     read = [c for c in cols if c != "shard"]
-    tables = []
-    for name in _shard_dirs(root):
-        ds = pads.dataset(storage.resolve(storage.join(root, name))[1], format="parquet", partitioning=part,
-                          filesystem=fs)
-        t = ds.to_table(columns=read, filter=flt)
-        if "shard" in cols:
-            t = t.append_column("shard", pa.array([name.split("=", 1)[1]] * t.num_rows, pa.string()))
-        tables.append(t.select(cols).combine_chunks())  # one chunk per shard, not one per file
-    if not tables:
-        raise FileNotFoundError(f"{root}: no shard=* folders (not an encode attempt folder?)")
-    return pa.concat_tables(tables)
+    if storage.listdir(d):
+        t = pads.dataset(path, format="parquet", partitioning=part, filesystem=fs).to_table(columns=read, filter=flt)
+    else:
+        t = pa.table({c: pa.array([], pa.int64() if c == "label" else pa.string()) for c in read})
+    if "shard" in cols:
+        t = t.append_column("shard", pa.array([shard] * t.num_rows, pa.string()))
+    return t.select(cols).combine_chunks()  # one chunk per shard, not one per file
 
 
 def class_files(out: str, label: int, status: str = "ok") -> list[str]:
@@ -71,13 +78,13 @@ def class_files(out: str, label: int, status: str = "ok") -> list[str]:
     class count (docs/benchmarks.md, ImageNet-shaped stand-in)."""
     root = storage.join(out, "latents")
     files = []
-    for shard in _shard_dirs(root):
+    for shard in shard_dirs(root):
         d = storage.join(root, shard, f"status={status}", f"label={label}")
         files += [storage.join(d, f) for f in storage.listdir(d) if f.endswith(".parquet")]
     return files
 
 
-def _shard_dirs(root: str) -> list[str]:
+def shard_dirs(root: str) -> list[str]:
     """The ``shard=<s>`` folder names under an attempt's ``latents/``, sorted."""
     return [n for n in storage.listdir(root) if n.startswith("shard=")]
 
