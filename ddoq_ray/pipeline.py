@@ -91,7 +91,7 @@ def run_all(cfg: RunConfig, stages: tuple[str, ...] = STAGES, force: bool = Fals
             try:
                 from .report import build_report
 
-                build_report(run.dir)
+                build_report(run.dir, index=run.train_index)
             except Exception as e:  # noqa: BLE001 - a broken plot must never fail a finished run
                 log.warning("report: could not be written (%s); retry with `ddoq-ray report %s`", e, run.dir)
         tracking.log_results(tr, res, run.dir)

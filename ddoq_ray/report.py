@@ -45,19 +45,62 @@ def _png(fig) -> bytes:
 
 def sha256_files(run_dir: str, skip: tuple[str, ...] = ("report", "train/ray")) -> list[tuple[str, str, int]]:
     """``(relative path, sha256 hex, bytes)`` of every file in the run (any filesystem), except the report and
-    Ray Train scratch (``train/<attempt>/ray/``)."""
+    Ray Train scratch (``train/<attempt>/ray/``).
+
+    The encode stage's latents (``encode/<attempt>/latents/shard=<s>/``: one file per shard, class and status,
+    252,364 files for the ImageNet-shaped stand-in and tens of GB of SD-VAE latents at ImageNet size) are one row
+    per shard whose digest is the sha256 of its files' ``path<TAB>bytes`` lines: their contents are not re-read at
+    every report (each shard's ids are hashed in ``shards.json`` and its rows counted at the encode commit), and
+    the driver lists one shard at a time (a listing of every latent file held ~1 KB per file, docs/benchmarks.md).
+    """
     out = []
-    for rel, size in storage.walk_files(run_dir):
-        parts = rel.split("/")
-        scratch = parts[0] in ("train", "matrix") and "ray" in parts[1:3]
-        if rel.startswith(skip) or scratch or any(p.startswith(".") for p in parts):
+    for top in storage.listdir(run_dir):
+        if top.startswith(".") or top.startswith(skip):
             continue
-        h = hashlib.sha256()
-        with storage.open_input(storage.join(run_dir, rel)) as f:
-            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
-                h.update(chunk)
-        out.append((rel, h.hexdigest(), size))
-    return out
+        if storage.is_file(storage.join(run_dir, top)):
+            out.append(_sha256_row(run_dir, top, None))
+            continue
+        for rel, size in _walk_outside_latents(run_dir, top, out):
+            parts = rel.split("/")
+            scratch = parts[0] in ("train", "matrix") and "ray" in parts[1:3]
+            if rel.startswith(skip) or scratch or any(p.startswith(".") for p in parts):
+                continue
+            out.append(_sha256_row(run_dir, rel, size))
+    return sorted(out)
+
+
+def _sha256_row(run_dir: str, rel: str, size: int | None) -> tuple[str, str, int]:
+    h, n = hashlib.sha256(), 0
+    with storage.open_input(storage.join(run_dir, rel)) as f:
+        for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+            h.update(chunk)
+            n += len(chunk)
+    return rel, h.hexdigest(), size if size is not None else n
+
+
+def _walk_outside_latents(run_dir: str, top: str, rows: list) -> list[tuple[str, int]]:
+    """``(relative path, bytes)`` of the files under ``run_dir/top``; for ``encode``, each attempt's
+    ``latents/shard=<s>/`` is instead appended to ``rows`` as one ``(folder/ (n files), digest, bytes)`` row."""
+    if top != "encode":
+        return [(f"{top}/{rel}", size) for rel, size in storage.walk_files(storage.join(run_dir, top))]
+    files = []
+    for att in storage.listdir(storage.join(run_dir, top)):
+        base = f"{top}/{att}"
+        if storage.is_file(storage.join(run_dir, base)):
+            files.append((base, None))
+            continue
+        for name in storage.listdir(storage.join(run_dir, base)):
+            loc = storage.join(run_dir, base, name)
+            if name != "latents":
+                files += ([(f"{base}/{name}", None)] if storage.is_file(loc) else
+                          [(f"{base}/{name}/{rel}", size) for rel, size in storage.walk_files(loc)])
+                continue
+            for shard in storage.listdir(loc):
+                listed = storage.walk_files(storage.join(loc, shard))
+                digest = hashlib.sha256("".join(f"{r}\t{b}\n" for r, b in listed).encode()).hexdigest()
+                rows.append((f"{base}/latents/{shard}/ ({len(listed)} files: names and sizes hashed)", digest,
+                             sum(b for _, b in listed)))
+    return files
 
 
 def _stage(run_dir: str, stage: str) -> str | None:
@@ -81,13 +124,17 @@ def _first_algorithm(quantize_dir: str) -> str | None:
         return None
 
 
-def _real_images(run_dir: str, per_class: int) -> tuple[dict, dict]:
+def _real_images(run_dir: str, per_class: int, index=None) -> tuple[dict, dict]:
     """A few real images per class, and the first student seed's random-subset images (the very images those
     students trained on, from the subsets stage), from the run's own config and data.
+
+    ``index``: the run's train index when the caller has it (else the split is listed again). Arrow throughout:
+    Python objects for every assignment and id held ~500 bytes per train row in the driver.
 
     Returns ``({label: uint8 [n,H,W,3]}, {label: uint8 [...]})``; empty dicts when the data is not reachable here.
     """
     import pyarrow as pa
+    import pyarrow.compute as pc
     import yaml
 
     from .artifacts.centroids import read_assignments
@@ -98,22 +145,22 @@ def _real_images(run_dir: str, per_class: int) -> tuple[dict, dict]:
 
     try:
         cfg = RunConfig.model_validate(yaml.safe_load(storage.read_text(storage.join(run_dir, "config.yaml"))))
-        index = Run(cfg).train_index
+        index = Run(cfg).train_index if index is None else index
         q = _stage(run_dir, "quantize")
-        asg = read_assignments(q, columns=["id", "label"], algorithm=_first_algorithm(q)).to_pylist()
+        asg = read_assignments(q, columns=["id", "label"], algorithm=_first_algorithm(q))
         rand_ids = set(subset_ids(run_dir, cfg.quantize.ipc, cfg.train.seeds[0] if cfg.train.seeds else 0))
     except Exception as e:  # noqa: BLE001 - a report must not fail because the data moved
         log.warning("report: real images unavailable (%s)", e)
         return {}, {}
-    by_class: dict[int, list[str]] = {}
-    for r in asg:
-        by_class.setdefault(r["label"], []).append(r["id"])
-    labels = sorted(by_class)[:MAX_CLASSES]
-    real_ids = {i for c in labels for i in sorted(by_class[c])[:per_class]}
-    ids = index.column("id").to_pylist()
+    labels = sorted(pc.unique(asg.column("label")).to_pylist())[:MAX_CLASSES]
+    real_ids = set()
+    for c in labels:
+        ids_c = asg.filter(pc.equal(asg.column("label"), c)).column("id")
+        real_ids.update(pc.take(ids_c, pc.array_sort_indices(ids_c)).slice(0, per_class).to_pylist())
 
     def pick(chosen: set[str]) -> dict:
-        arr = load_arrays(index.filter(pa.array([i in chosen for i in ids])), cfg.data.image_column, 64)
+        keep = pc.is_in(index.column("id"), value_set=pa.array(sorted(chosen), pa.string()))
+        arr = load_arrays(index.filter(keep), cfg.data.image_column, 64)
         return {c: arr["images"][arr["labels"] == c] for c in labels}
 
     return pick(real_ids), pick(rand_ids)
@@ -204,12 +251,14 @@ def _table(header: list[str], rows: list[list]) -> tuple[str, str]:
     return h + "</table>", md
 
 
-def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_per_class: int = 5) -> dict:
+def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_per_class: int = 5,
+                 index=None) -> dict:
     """Write ``report.html`` and ``report.md`` (+ ``report_files/*.png``) into ``run_dir``.
 
     Args:
         run_dir: a run directory (local path or URI) with at least ``results.json`` and the quantize stage.
         extra_runs: more run directories (e.g. other IPCs) for the W2-vs-IPC plot.
+        index: the run's train index (``data.list_split``) when the caller holds it; else it is listed again.
     Returns:
         ``{"html": path, "md": path, "figures": [names], "classes": n}``.
     Raises:
@@ -232,7 +281,7 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
     if decode_dir is not None:
         man = read_manifest(decode_dir).to_pylist()
         man = [r for r in man if r["algorithm"] == man[0]["algorithm"]] if man else man  # the first clustering
-        real, rand = _real_images(run_dir, real_per_class)
+        real, rand = _real_images(run_dir, real_per_class, index)
         for c in sorted({r["label"] for r in man})[:MAX_CLASSES]:
             rows = sorted((r for r in man if r["label"] == c), key=lambda r: -r.get("weight_mass", r["mass"]))
             syn = []

@@ -30,3 +30,27 @@ def test_w2_vs_ipc_plot_appears_with_runs_at_several_ipcs(tmp_path):
     assert "w2_vs_ipc" in both["figures"] and (a / "report_files" / "w2_vs_ipc.png").stat().st_size > 1000
     page = (a / "report.html").read_text()
     assert 'id="w2_vs_ipc"' in page and "4.76 %" in page  # mean W2 reduction 1 - 10.0/10.5
+
+
+def test_sha256_lists_latents_one_row_per_shard_and_hashes_the_rest(tmp_path):
+    import hashlib
+
+    from ddoq_ray.report import sha256_files
+
+    att = tmp_path / "encode" / "attempt-1"
+    for shard, labels in (("00000", [0, 1, 2]), ("00001", [0])):
+        for c in labels:
+            f = att / "latents" / f"shard={shard}" / "status=ok" / f"label={c}" / "a.parquet"
+            f.parent.mkdir(parents=True)
+            f.write_bytes(b"x" * (c + 1))
+    (att / "shards.json").write_text("[]")
+    (tmp_path / "encode" / "_SUCCESS.json").write_text("{}")
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "report.html").write_text("skipped")
+    rows = {r[0]: r for r in sha256_files(str(tmp_path))}
+    shard0 = "encode/attempt-1/latents/shard=00000/ (3 files: names and sizes hashed)"
+    assert set(rows) == {"encode/_SUCCESS.json", "encode/attempt-1/shards.json", "results.json", shard0,
+                         "encode/attempt-1/latents/shard=00001/ (1 files: names and sizes hashed)"}
+    lines = "".join(f"status=ok/label={c}/a.parquet\t{c + 1}\n" for c in range(3))
+    assert rows[shard0][1:] == (hashlib.sha256(lines.encode()).hexdigest(), 6)
+    assert rows["results.json"][1:] == (hashlib.sha256(b"{}").hexdigest(), 2)

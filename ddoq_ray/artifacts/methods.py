@@ -67,11 +67,12 @@ def subset_ids(run_dir: str, ipc: int, seed: int) -> list[str]:
 def _real_set(train_index, image_column: str, size: int, ids: list[str], weights: np.ndarray | None) -> dict:
     """The chosen real images by id (index order), with their shipped weights (``mass``) aligned by id."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from ..data import load_arrays
 
-    chosen = set(ids)
-    keep = pa.array([i in chosen for i in train_index.column("id").to_pylist()])
+    # Arrow's is_in over the chosen ids: a Python list of every id cost ~80 bytes per train row per set.
+    keep = pc.is_in(train_index.column("id"), value_set=pa.array(sorted(set(ids)), pa.string()))
     sub = load_arrays(train_index.filter(keep), image_column, size)
     n = len(sub["labels"])
     if weights is None:
