@@ -226,6 +226,10 @@ class TrainConfig(_Section):
     )
     teacher_arch: str = "resnet56_cifar"
     teacher_epochs: int = Field(15, gt=0, description="Epochs when ddoq-ray trains the teacher itself.")
+    teacher_finetune_epochs: int = Field(
+        0, ge=0, description="Fine-tune a checkpoint teacher on the run's real train split for this many epochs "
+                             "(a teacher matched to the data, e.g. a JPEG copy); 0: use it as given.")
+    teacher_finetune_lr: float = Field(1e-4, gt=0, description="AdamW lr of the teacher fine-tuning (cosine).")
     image_size: int = Field(32, gt=0, description="Side (px) students see, for synthetic and real images.")
     epochs: int = Field(300, gt=0)
     batch_size: int = Field(64, gt=0)

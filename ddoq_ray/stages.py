@@ -41,7 +41,8 @@ def _fields(name: str, keys: tuple[str, ...]) -> Callable[[RunConfig], dict]:
 # Data fields that only the test split reads (the encode stage and the random subsets never see them).
 TEST_FIELDS = ("test", "max_test_per_class")
 # Train fields that decide which teacher the run has and how it is evaluated.
-TEACHER_FIELDS = ("teacher", "teacher_arch", "teacher_epochs", "image_size", "eval_batch_size", "precision")
+TEACHER_FIELDS = ("teacher", "teacher_arch", "teacher_epochs", "teacher_finetune_epochs", "teacher_finetune_lr",
+                  "image_size", "eval_batch_size", "precision")
 
 
 def _checkpoint_stat(cfg: RunConfig) -> dict:

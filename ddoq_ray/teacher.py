@@ -60,6 +60,8 @@ def teacher_stage(run, out: str, summary: dict) -> None:
         spec = {"arch": arch, "num_classes": n_classes}
         source = f"trained by ddoq-ray on the real train split, {tcfg.teacher_epochs} epochs"
         teacher = build_teacher({**spec, "state_dict": state}, n_classes, tcfg.image_size)
+    elif tcfg.teacher_finetune_epochs:
+        teacher, spec, source, kind = _finetune(run, kind, spec, source, arch, out)
     else:
         teacher = build_teacher(spec, n_classes, tcfg.image_size)
     top1 = None
@@ -70,3 +72,39 @@ def teacher_stage(run, out: str, summary: dict) -> None:
     info = {"source": source, "arch": arch, "top1": top1, "kind": kind, "spec": spec}
     storage.write_json(storage.join(out, INFO), info)
     summary.update({"kind": kind, "top1": top1, "source": source})
+
+
+def _finetune(run, kind: str, spec: dict, source: str, arch: str, out: str):
+    """Fine-tune a checkpoint teacher on the run's real train split (``train.teacher_finetune_epochs``, AdamW
+    ``teacher_finetune_lr``, cosine, RandomResizedCrop(0.5-1) + flip: :func:`ddoq_ray.students.train_teacher`)
+    and store it like a teacher trained here (``kind: trained``, ``teacher.pt``).
+
+    Raises:
+        UserValueError: a library teacher or a checkpoint whose outputs are not the run's classes (a
+            ``class_index`` selection): fine-tuning needs one output per run class.
+    """
+    import torch
+
+    from .data import load_arrays
+    from .errors import UserValueError
+    from .students import train_teacher
+    from .students.teachers import build_teacher
+
+    cfg, tcfg = run.cfg, run.cfg.train
+    n_classes = len(run.classes)
+    if kind != "checkpoint" or spec.get("class_index") is not None or spec.get("num_classes") != n_classes:
+        raise UserValueError("train.teacher_finetune_epochs: only a checkpoint teacher with one output per run "
+                             f"class can be fine-tuned (teacher {source!r}, {kind}); set it to 0")
+    base = build_teacher(spec, n_classes, tcfg.image_size)
+    log.info("teacher: fine-tuning %s on the real train split for %d epochs (AdamW %g)", arch,
+             tcfg.teacher_finetune_epochs, tcfg.teacher_finetune_lr)
+    real = load_arrays(run.train_index, cfg.data.image_column, tcfg.image_size)
+    model, _ = train_teacher(real["images"], real["labels"], n_classes, arch, tcfg.teacher_finetune_epochs,
+                             tcfg.image_size, cfg.seed, lr=tcfg.teacher_finetune_lr, init=base)
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    storage.write_bytes(storage.join(out, WEIGHTS), buf.getvalue())
+    src = (f"{source}, fine-tuned by ddoq-ray on the real train split for {tcfg.teacher_finetune_epochs} epochs "
+           f"(AdamW {tcfg.teacher_finetune_lr:g}, cosine)")
+    return model, {"arch": arch, "num_classes": n_classes}, src, "trained"

@@ -148,3 +148,46 @@ def test_cli_prints_user_errors_and_lets_bugs_surface(tmp_path, assets, monkeypa
     bad = ["tune", "configs/smoke.yaml", "--set", f"output_dir={tmp_path / 't'}", "--set", f"assets_root={assets}"]
     assert cli.main(bad) == 2
     assert "config has no `tune:` section" in capsys.readouterr().err
+
+
+def test_checkpoint_teacher_fine_tuned_on_the_run_split_is_its_own_teacher(assets, tmp_path):
+    """``train.teacher_finetune_epochs``: the checkpoint is fine-tuned on the run's real train split, stored as
+    the run's teacher (``teacher.pt``, rebuilt in workers from it) and keyed by the fine-tuning fields."""
+    from ddoq_ray.artifacts.teacher import worker_spec
+    from ddoq_ray.errors import UserValueError
+    from ddoq_ray.students.teachers import build_teacher, load_teacher
+
+    ckpt = str(assets / "models/cifar10_resnet_akamaster/resnet20-12fca82f.th")
+    base = [f"output_dir={tmp_path / 'run'}", f"assets_root={assets}", "data.class_subset=null",
+            "data.max_per_class=8", "data.max_test_per_class=4", f"train.teacher={ckpt}",
+            "train.teacher_arch=resnet20_cifar", "metrics.enabled=false"]
+    plain = load_config("configs/smoke.yaml", base)
+    tuned = load_config("configs/smoke.yaml", [*base, "train.teacher_finetune_epochs=1",
+                                               "train.teacher_finetune_lr=0.01"])
+    assert fingerprint(plain, "teacher") != fingerprint(tuned, "teacher")
+    run = Run(tuned)
+    run.prepare()
+    _teacher_stage(run)
+    d = stage_path(run.dir, "teacher")
+    info = storage.read_json(storage.join(d, "teacher.json"))
+    assert info["kind"] == "trained" and "fine-tuned by ddoq-ray" in info["source"] and 0 <= info["top1"] <= 1
+    rebuilt = build_teacher(worker_spec(d), 10, 32)
+    original = load_teacher(ckpt, "resnet20_cifar", 10)
+    x = torch.rand(2, 3, 32, 32)
+    assert rebuilt(x).shape == (2, 10) and not torch.allclose(rebuilt(x), original(x))
+    # A checkpoint read through a class selection (class_subset) has no output per run class to fine-tune.
+    sub = load_config("configs/smoke.yaml", [*base, "data.class_subset=[0,3]", "train.teacher_finetune_epochs=1",
+                                             f"output_dir={tmp_path / 'run2'}"])
+    run = Run(sub)
+    run.prepare()
+    with pytest.raises(UserValueError, match="teacher_finetune_epochs"):
+        _teacher_stage(run)
+
+
+def _teacher_stage(run) -> None:
+    """The teacher stage's body under its commit protocol, without Ray (it needs none)."""
+    from ddoq_ray.rundir import stage_writer
+    from ddoq_ray.teacher import teacher_stage
+
+    with stage_writer(run.dir, "teacher", fingerprint(run.cfg, "teacher")) as (out, summary):
+        teacher_stage(run, out, summary)

@@ -243,8 +243,10 @@ def train_teacher(
     batch_size: int = 128,
     lr: float = 2e-3,
     device: torch.device | str = "cpu",
+    init: nn.Module | None = None,
 ) -> tuple[nn.Module, float | None]:
-    """Plain supervised training of a teacher (used when no checkpoint is given; small data only).
+    """Plain supervised training of a teacher (used when no checkpoint is given; small data only), or the
+    fine-tuning of ``init`` (a loaded checkpoint teacher with ``num_classes`` outputs) on the run's split.
 
     AdamW (lr, wd 5e-4) with a cosine schedule, RandomResizedCrop(0.5..1) + flip augmentation, cross-entropy.
 
@@ -260,7 +262,12 @@ def train_teacher(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     device = torch.device(device)
-    model = build_model(arch, num_classes, image_size).to(device)
+    if init is None:
+        model = build_model(arch, num_classes, image_size).to(device)
+    else:
+        model = init.to(device)
+        for p in model.parameters():
+            p.requires_grad_(True)
     x_all = to_float_nchw(images)
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     n = len(y_all)
