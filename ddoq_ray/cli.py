@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from . import storage
-from .config import load_config
 from .errors import DdoqError, UserValueError
 from .stages import REGISTRY, STAGES
 
@@ -81,9 +80,19 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(args.overrides)
         if getattr(args, "features", None):
             overrides.append(f"metrics.features={args.features}")
-        cfg = load_config(src, overrides)
+        from .ipcs import load_configs, run_ipcs
+
+        cfgs = load_configs(src, overrides)
         if args.command == "validate":
-            return _validate(cfg, args.config)
+            return max(_validate(c, args.config) for c in cfgs)
+        if len(cfgs) > 1 and (args.command == "tune" or getattr(args, "archs", None)):
+            raise UserValueError(f"{args.config}: quantize.ipc is a list; `ddoq-ray {args.command}` needs one IPC "
+                                 "(--set quantize.ipc=10)")
+        if len(cfgs) > 1:
+            stages = STAGES if args.command == "run" else ("train",) if args.command == "evaluate" else (args.command,)
+            all_res = run_ipcs(cfgs, stages, force=args.force)
+            return _print_ipcs(all_res, args.json)
+        cfg = cfgs[0]
         if args.command == "tune":
             return _tune(cfg)
         if args.command == "evaluate" and args.archs:
@@ -104,6 +113,24 @@ def main(argv: list[str] | None = None) -> int:
     print(results_table(res))
     print(f"\nresults: {storage.join(res['run_dir'], 'results.json')}")
     print(f"report: {report}" if report else "report: not written (see the warnings above)")
+    return 0
+
+
+def _print_ipcs(all_res: list[dict], as_json: bool) -> int:
+    """Output of a run with several IPCs: per IPC what a single run prints (``--json``: a list of them)."""
+    from .pipeline import results_table
+
+    reports = [storage.join(r["run_dir"], "report.html") for r in all_res]
+    reports = [p if storage.is_file(p) else None for p in reports]
+    if as_json:
+        print(json.dumps([main_numbers(r, p) for r, p in zip(all_res, reports, strict=True)]))
+        return 0
+    for res, report in zip(all_res, reports, strict=True):
+        print(f"\nIPC {res.get('ipc')}:\n")
+        print(results_table(res))
+        print(f"\nresults: {storage.join(res['run_dir'], 'results.json')}\nreport: {report}")
+    parent = storage.normalize(all_res[0]["run_dir"]).rsplit("/", 1)[0]
+    print(f"\nall IPCs: {storage.join(parent, 'ipcs.json')}")
     return 0
 
 

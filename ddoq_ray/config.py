@@ -376,12 +376,11 @@ class RunConfig(_Section):
         return apply_protocol(doc, QuantizeConfig.model_fields["ipc"].default) if isinstance(doc, dict) else doc
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML run config (a local path, or a URI such as a run directory's ``s3://.../config.yaml``) and
-    apply ``--set`` overrides.
+def read_doc(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """The YAML document of a run config (a local path or a URI) with ``--set`` overrides applied, unvalidated.
 
     Raises:
-        ConfigError: missing file, bad YAML, unknown keys or wrong types (message names file and field).
+        ConfigError: missing file, bad YAML, a top level that is not a mapping.
     """
     from . import storage
 
@@ -394,11 +393,35 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections (data, encode, ...)")
-    apply_overrides(doc, overrides or [])
+    return apply_overrides(doc, overrides or [])
+
+
+def validate_doc(doc: dict, source: str) -> RunConfig:
+    """Validate a config document into a :class:`RunConfig`.
+
+    Raises:
+        ConfigError: unknown keys or wrong types (the message names ``source`` and the field).
+    """
     try:
         return RunConfig.model_validate(doc)
     except ValidationError as e:
-        raise ConfigError(format_errors(str(path), e)) from e
+        raise ConfigError(format_errors(source, e)) from e
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run config (a local path, or a URI such as a run directory's ``s3://.../config.yaml``) and
+    apply ``--set`` overrides. A list ``quantize.ipc`` (several IPCs in one run) is read by
+    :func:`ddoq_ray.ipcs.load_configs` instead.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown keys or wrong types (message names file and field).
+    """
+    doc = read_doc(path, overrides)
+    if isinstance((doc.get("quantize") or {}).get("ipc"), list):
+        raise ConfigError(f"{path}: quantize.ipc is a list (several IPCs in one run): `ddoq-ray run` and the stage "
+                          "commands run one run per IPC sharing the encode stage; this command needs one IPC "
+                          "(--set quantize.ipc=10)")
+    return validate_doc(doc, str(path))
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -11,7 +11,10 @@ Object stores (S3, GCS) have no atomic folder rename, so a stage is never moved 
 3. after the commit every other entry of ``<run>/<stage>/`` (older commits, attempts of killed drivers) is
    deleted.
 
-Readers resolve a stage's folder with :func:`stage_path` only. A crash anywhere before step 2 leaves the previous
+Readers resolve a stage's folder with :func:`stage_path` only. A stage may also be committed as a reference to
+another run's commit (:func:`share_stage`: the runs of several IPCs share one encode).
+
+A crash anywhere before step 2 leaves the previous
 commit live; a crash during step 3 leaves garbage that the next commit removes. Stages that can resume
 (``resume=True``, the encode stage) reuse the newest uncommitted attempt with the same fingerprint instead of
 starting a new one; the stage itself decides which of that attempt's pieces are complete.
@@ -56,9 +59,40 @@ def committed(run_dir: str, stage: str) -> dict | None:
 
 
 def stage_done(run_dir: str, stage: str, fingerprint: str) -> bool:
-    """True when ``<run>/<stage>`` was committed with this fingerprint."""
+    """True when ``<run>/<stage>`` was committed with this fingerprint (a shared stage: and its owner's commit is
+    still the one it refers to)."""
     marker = committed(run_dir, stage)
-    return marker is not None and marker.get("fingerprint") == fingerprint
+    if marker is None or marker.get("fingerprint") != fingerprint:
+        return False
+    return "shared_from" not in marker or _owner_attempt(marker, stage) is not None
+
+
+def share_stage(owner_dir: str, run_dir: str, stage: str, fingerprint: str) -> bool:
+    """Commit ``run_dir``'s ``stage`` as a reference to ``owner_dir``'s committed one (several IPCs in one run
+    share one encode: :mod:`ddoq_ray.ipcs`), when the owner's commit has ``fingerprint``. The pointer holds the
+    owner's marker, ``shared_from`` (the owner run) and ``shared_attempt``; :func:`stage_path` resolves to the
+    owner's attempt folder, and a reference whose owner has since recomputed the stage is not done (never read).
+
+    Returns:
+        True when ``run_dir`` now has the stage (shared, or already its own with this fingerprint).
+    """
+    if stage_done(run_dir, stage, fingerprint):
+        return True
+    owner = committed(owner_dir, stage)
+    if owner is None or owner.get("fingerprint") != fingerprint or "shared_from" in owner:
+        return False
+    summary = {k: v for k, v in owner.items() if k not in ("stage", "attempt")}
+    commit(run_dir, stage, None, {**summary, "shared_from": owner_dir, "shared_attempt": owner["attempt"]})
+    collect_garbage(run_dir, stage)
+    return True
+
+
+def _owner_attempt(marker: dict, stage: str) -> str | None:
+    """The owner's live attempt of a shared stage, or None when the owner recomputed (or lost) it since."""
+    owner = committed(marker["shared_from"], stage)
+    if owner is None or owner.get("fingerprint") != marker.get("fingerprint"):
+        return None
+    return owner.get("attempt") if owner.get("attempt") == marker.get("shared_attempt") else None
 
 
 def stage_path(run_dir: str, stage: str) -> str:
@@ -69,7 +103,14 @@ def stage_path(run_dir: str, stage: str) -> str:
     Raises:
         StageNotCommittedError: the stage has no commit.
     """
-    attempt = read_success(run_dir, stage).get("attempt")
+    marker = read_success(run_dir, stage)
+    if "shared_from" in marker:  # several IPCs in one run: the owner run's folder (share_stage)
+        attempt = _owner_attempt(marker, stage)
+        if attempt is None:
+            raise StageNotCommittedError(f"stage {stage} of {run_dir} refers to {marker['shared_from']}, whose "
+                                         f"{stage} stage was recomputed or removed since; run this run again")
+        return storage.join(marker["shared_from"], stage, attempt)
+    attempt = marker.get("attempt")
     return storage.join(run_dir, stage, attempt) if attempt else storage.join(run_dir, stage)
 
 
