@@ -333,6 +333,12 @@ def read_parquet_rows(loc: str, column: str, rows: np.ndarray) -> list:
     Returns:
         Python values in the order of ``rows`` (``dict`` for a struct column such as HF's ``{bytes, path}``).
     """
+    return read_parquet_table(loc, [column], rows).column(column).to_pylist()
+
+
+def read_parquet_table(loc: str, columns: list[str], rows: np.ndarray) -> pa.Table:
+    """Columns ``columns`` at file rows ``rows`` (int64, any order) of one Parquet file, in the order of ``rows``,
+    reading only the row groups that hold them."""
     fs, path = storage.resolve(loc)
     pf = pq.ParquetFile(path, filesystem=fs)
     offsets = _row_group_offsets(pf)
@@ -341,8 +347,8 @@ def read_parquet_rows(loc: str, column: str, rows: np.ndarray) -> list:
     sizes = np.diff(offsets)[groups]
     start_in_read = np.zeros(offsets.size - 1, dtype=np.int64)  # where each read group starts in the read table
     start_in_read[groups] = np.cumsum(sizes) - sizes
-    col = pf.read_row_groups(groups.tolist(), columns=[column]).column(column)
-    return col.take(pa.array(start_in_read[group] + rows - offsets[group])).to_pylist()
+    t = pf.read_row_groups(groups.tolist(), columns=columns)
+    return t.take(pa.array(start_in_read[group] + rows - offsets[group]))
 
 
 def _read_bytes(index: pa.Table, image_column: str) -> list[bytes | None]:
@@ -394,6 +400,29 @@ def read_split(index: pa.Table, image_column: str, rows_per_block: int = 2048):
                        image_column)
 
 
+def read_index_blocks(index_loc: str, blocks: list[list[tuple[int, int]]], image_column: str):
+    """A Ray Dataset ``{id, label, bytes, pos}``, one block per entry of ``blocks`` (row ranges ``[start, stop)``
+    of the index file ``index_loc``, a Parquet copy of a :func:`list_split` index; ``pos`` is the row in it).
+
+    Each block's task reads its index rows from that file (only the row groups holding them) and then its images,
+    so the driver ships a few integers per block, not the index: blocks of the index itself, put into the object
+    store by the driver, kept a second copy of it in the driver's shared pages (docs/benchmarks.md, stand-in run).
+    """
+    import ray
+
+    items = [{"ranges": [list(r) for r in b]} for b in blocks]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))  # one block per entry
+
+    def _rows(batch: pa.Table) -> pa.Table:
+        pos = np.concatenate([np.arange(a, b, dtype=np.int64) for rs in batch.column("ranges").to_pylist()
+                              for a, b in rs])
+        rows = read_parquet_table(index_loc, ["id", "label", "file", "row"], pos)
+        return rows.append_column("pos", pa.array(pos))
+
+    return _with_bytes(ds.map_batches(_rows, batch_format="pyarrow", batch_size=None, num_cpus=0.25),
+                       image_column, ("pos",))
+
+
 def read_blocks(blocks: list[pa.Table], image_column: str, keep: tuple[str, ...] = ()):
     """A Ray Dataset ``{id, label, bytes, *keep}``, one block per given slice of an index (columns ``id``,
     ``label``, ``file``, ``row`` and ``keep``, passed through unchanged).
@@ -406,6 +435,11 @@ def read_blocks(blocks: list[pa.Table], image_column: str, keep: tuple[str, ...]
     # One block per slice of the index (no all-to-all repartition: it needs whole CPUs that a full actor pool
     # on a small node never frees, the Ray Data deadlock of env notes G6).
     ds = ray.data.from_arrow([b.select(["id", "label", "file", "row", *keep]) for b in blocks])
+    return _with_bytes(ds, image_column, keep)
+
+
+def _with_bytes(ds, image_column: str, keep: tuple[str, ...]):
+    """Map index rows (``id, label, file, row, *keep``) to ``{id, label, bytes, *keep}``, one task per block."""
 
     def _load(batch: pa.Table) -> pa.Table:
         raw = _read_bytes(batch, image_column)

@@ -30,7 +30,7 @@ import pyarrow.dataset as pads
 from . import storage
 from .artifacts.latents import META, scan_shard, shard_dirs, to_tensor_array
 from .config import RunConfig
-from .data import read_blocks
+from .data import read_index_blocks
 from .id_checks import same_ids
 from .images import decode_batch
 
@@ -141,24 +141,35 @@ def shard_counts(dest: str, rows: int) -> dict:
     return {"rows": rows, "encoded": ok, "skipped": rows - ok}
 
 
-def todo_blocks(index: pa.Table, todo: list[dict], rows_per_block: int = 2048) -> list[pa.Table]:
-    """The rows of the shards ``todo`` as read blocks cut at multiples of ``rows_per_block`` of the whole index
-    (column ``pos``: the row in ``index``), so a fresh run gets the blocks, hence the encoder batches, of a
-    one-shard run whatever ``shard_rows`` is; a block may hold rows of two shards."""
-    if not todo:
-        return []
-    pos = np.concatenate([np.arange(s["start"], s["stop"], dtype=np.int64) for s in todo])
-    cuts = np.flatnonzero(np.diff(pos // rows_per_block)) + 1
-    bounds = [0, *cuts.tolist(), len(pos)]
-    slim = index.select(["id", "label", "file", "row"])
-    blocks = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        p = pos[a:b]
-        # A contiguous block is a zero-copy slice (Ray serialises only the slice's buffers); a take of the whole
-        # index copied it once more in the driver (docs/benchmarks.md, stand-in run).
-        rows = (slim.slice(int(p[0]), len(p)) if p[-1] - p[0] + 1 == len(p) else slim.take(pa.array(p)))
-        blocks.append(rows.append_column("pos", pa.array(p)))
-    return blocks
+ROWS_PER_BLOCK = 2048  # read blocks (and the index file's row groups) on a fixed grid of the whole index
+
+
+def todo_blocks(todo: list[dict], rows_per_block: int = ROWS_PER_BLOCK) -> list[list[tuple[int, int]]]:
+    """The rows of the shards ``todo`` as read blocks cut at multiples of ``rows_per_block`` of the whole index,
+    each block a list of row ranges ``[start, stop)`` of the index, so a fresh run gets the blocks, hence the
+    encoder batches, of a one-shard run whatever ``shard_rows`` is; a block may hold rows of two shards."""
+    blocks: dict[int, list[tuple[int, int]]] = {}
+    for s in todo:
+        a = s["start"]
+        while a < s["stop"]:
+            grid = a // rows_per_block
+            b = min(s["stop"], (grid + 1) * rows_per_block)
+            rs = blocks.setdefault(grid, [])
+            if rs and rs[-1][1] == a:  # adjacent shards: one range
+                rs[-1] = (rs[-1][0], b)
+            else:
+                rs.append((a, b))
+            a = b
+    return [blocks[g] for g in sorted(blocks)]
+
+
+def write_index(out: str, index: pa.Table) -> str:
+    """``<attempt>/index.parquet``: the encoded index (``id, label, file, row``; row groups on the read-block grid),
+    which the read tasks take their rows from (:func:`ddoq_ray.data.read_index_blocks`); also the record of what
+    this attempt encoded. Returns its location."""
+    loc = storage.join(out, "index.parquet")
+    storage.write_parquet(index.select(["id", "label", "file", "row"]), loc, row_group_size=ROWS_PER_BLOCK)
+    return loc
 
 
 def decode_rows(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -205,7 +216,7 @@ def encode_stream(cfg: RunConfig, index: pa.Table, todo: list[dict], vae_path: s
 
     ecfg = cfg.encode
     threads = None if device == "cuda" else (ecfg.num_threads or max(1, round(ecfg.num_cpus_per_actor)))
-    ds = read_blocks(todo_blocks(index, todo), cfg.data.image_column, keep=("pos",))
+    ds = read_index_blocks(write_index(out, index), todo_blocks(todo), cfg.data.image_column)
     ds = ds.map_batches(decode_rows, fn_kwargs={"size": cfg.data.image_size}, batch_size=256, batch_format="numpy",
                         num_cpus=0.5)
     ds = ds.map_batches(

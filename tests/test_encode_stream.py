@@ -81,13 +81,14 @@ def test_one_model_load_for_three_shards_and_latents_as_before(ray_session, asse
 
 
 def test_todo_blocks_are_cut_on_the_whole_index_grid():
-    index = pa.table({"id": [str(i) for i in range(10)], "label": [0] * 10, "file": [b"f"] * 10, "row": range(10)})
+    index = pa.table({"id": [str(i) for i in range(10)]})
     plan = encode.plan_shards(index, 3)  # 0-2, 3-5, 6-8, 9
-    blocks = encode.todo_blocks(index, plan, rows_per_block=4)  # as a one-shard run: 0-3, 4-7, 8-9
-    assert [b.column("pos").to_pylist() for b in blocks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    blocks = encode.todo_blocks(index, [plan[1], plan[3]], rows_per_block=4)  # resumed: shards 00001, 00003 left
-    assert [b.column("pos").to_pylist() for b in blocks] == [[3], [4, 5], [9]]
-    assert blocks[1].column("id").to_pylist() == ["4", "5"]
+    # As a one-shard run: 0-3, 4-7, 8-9 (adjacent shards in one block are one row range).
+    assert encode.todo_blocks(plan, rows_per_block=4) == [[(0, 4)], [(4, 8)], [(8, 10)]]
+    # Resumed with shards 00001 and 00003 left.
+    assert encode.todo_blocks([plan[1], plan[3]], rows_per_block=4) == [[(3, 4)], [(4, 6)], [(9, 10)]]
+    one = encode.plan_shards(index, 1)
+    assert encode.todo_blocks([one[0], one[2], one[3]], rows_per_block=4) == [[(0, 1), (2, 4)]]  # a gap
 
 
 def test_commit_refuses_a_stream_that_is_short_or_over():
@@ -126,7 +127,7 @@ def test_shuffled_classes_write_few_files_and_class_reads_list_only_their_folder
     from ddoq_ray.artifacts import latents
 
     blocks = encode.todo_blocks
-    monkeypatch.setattr(encode, "todo_blocks", lambda index, todo: blocks(index, todo, rows_per_block=256))
+    monkeypatch.setattr(encode, "todo_blocks", lambda todo: blocks(todo, rows_per_block=256))
 
     cfg = load_config("configs/smoke.yaml", [f"assets_root={assets}", "data.max_per_class=200",
                                              "encode.shard_rows=600", "encode.num_threads=1"])

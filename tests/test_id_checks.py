@@ -69,14 +69,25 @@ def test_account_shard_by_shard(tmp_path):
         encode.account(str(tmp_path / "other"), index.slice(0, 8), plan[:2])
 
 
-def test_read_blocks_are_zero_copy_slices_of_the_index():
-    index = pa.table({"id": [str(i) for i in range(10)], "label": [0] * 10, "file": [b"f"] * 10, "row": range(10)})
-    plan = encode.plan_shards(index, 1)
-    blocks = encode.todo_blocks(index, plan, rows_per_block=4)
-    ids = index.column("id").chunk(0).buffers()[2].address
-    assert all(b.column("id").chunk(0).buffers()[2].address == ids for b in blocks)  # no copy of the strings
-    blocks = encode.todo_blocks(index, [plan[0], plan[2], plan[3]], rows_per_block=4)  # a gap: a take
-    assert [b.column("id").to_pylist() for b in blocks] == [["0", "2", "3"]]
+def test_read_tasks_take_their_rows_from_the_index_file(tmp_path):
+    """The driver ships row ranges; each read task reads its rows from <attempt>/index.parquet (row groups on
+    the block grid), in index order, dictionary-encoded ``file`` included."""
+    from ddoq_ray.data import read_parquet_table
+
+    files = pa.DictionaryArray.from_arrays(pa.array(np.repeat([0, 1], 5000).astype(np.int32)),
+                                           pa.array([b"a.parquet", b"b.parquet"]))
+    index = pa.table({"id": [f"i{k}" for k in range(10_000)], "label": np.arange(10_000) % 7, "file": files,
+                      "row": np.arange(10_000) % 5000, "orig_label": np.zeros(10_000, np.int64)})
+    loc = encode.write_index(str(tmp_path), index)
+    meta = pq.ParquetFile(loc).metadata
+    assert meta.num_rows == 10_000 and meta.row_group(0).num_rows == encode.ROWS_PER_BLOCK
+    plan = encode.plan_shards(index, 3000)  # 0-2999, 3000-5999, 6000-8999, 9000-9999
+    blocks = encode.todo_blocks([plan[1], plan[3]])
+    assert blocks[0] == [(3000, 4096)] and blocks[-1] == [(9000, 10_000)]
+    pos = np.concatenate([np.arange(a, b) for blk in blocks for a, b in blk])
+    got = read_parquet_table(loc, ["id", "label", "file", "row"], pos)
+    want = index.select(["id", "label", "file", "row"]).take(pa.array(pos))
+    assert got.to_pylist() == want.to_pylist() and len(pos) == 4000
 
 
 def test_parquet_index_file_column_is_one_dictionary_entry_per_file(tmp_path):
