@@ -8,6 +8,8 @@ Artifact ``<run>/encode/<attempt>/`` (:func:`ddoq_ray.rundir.stage_path`; readab
   (undecodable image, non-finite latent); ``error`` says why and ``latent`` is zeros.
 - ``meta.json``: VAE ref and kind, scaling/shift factor, image size, latent shape and mode.
 - ``skipped.parquet``: ``id``, ``label``, ``error`` of every skipped row (also listed in ``results.json``).
+- ``index.parquet``: the encoded index (``id``, ``label``, ``file``, ``row``; row groups of 2,048 rows), from which
+  each read task takes its rows, so the driver ships row ranges, never the index.
 - ``shards.json`` (the shard plan: row ranges of the input index and a hash of their ids) and ``done/<s>.json``
   (one marker per finished shard, written as its last rows are in; a resumed attempt re-encodes only the shards
   without one).

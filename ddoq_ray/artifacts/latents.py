@@ -5,7 +5,8 @@ Schema (``<run>/encode/<attempt>/``; the writer is :mod:`ddoq_ray.encode`):
   (``arrow.fixed_shape_tensor<float32>[C,h,w]``); ``status=skipped`` holds unusable rows (``error`` says why,
   ``latent`` is zeros);
 - ``meta.json``: VAE ref and kind, image size, latent shape and mode; ``skipped.parquet``: ``id``, ``label``,
-  ``error``; ``shards.json`` and ``done/<s>.json``: the shard plan and one marker per finished shard.
+  ``error``; ``shards.json`` and ``done/<s>.json``: the shard plan and one marker per finished shard;
+  ``index.parquet``: the encoded index (``id``, ``label``, ``file``, ``row``).
 """
 
 from __future__ import annotations
