@@ -3,9 +3,9 @@
 Layout: ``<output_dir>/ipc<K>/`` is a complete run at IPC K (its own quantize, subsets, decode, train, results.json
 and report). The first IPC's run computes the IPC-independent stages (``SHARED``: encode, teacher); every other
 IPC's run commits them as references to it (:func:`ddoq_ray.rundir.share_stage`), so the images are encoded once.
-``<output_dir>/ipcs.json`` collects per IPC the mean latent W2 of every clustering x weight scheme and each
-method's top-1, and ``<output_dir>/w2_vs_ipc.png`` plots mean latent W2 against IPC (log-log); every IPC's report
-shows the same plot.
+``<output_dir>/ipcs.json`` collects per IPC the mean latent W2 of every clustering x weight scheme, the shipped W2
+of the real-image selections and each method's top-1, and ``<output_dir>/w2_vs_ipc.png`` plots mean latent W2
+against IPC (log-log, per clustering x {uniform, mass} and the random subset); every IPC's report shows it too.
 """
 
 from __future__ import annotations
@@ -76,25 +76,22 @@ def write_summary(cfgs: list[RunConfig], results: list[dict]) -> dict:
     """``<output_dir>/ipcs.json`` (per IPC: run directory, mean latent W2 per clustering and weight scheme,
     per-method top-1 mean/std) and ``w2_vs_ipc.png``; each IPC's report is rebuilt with the other IPCs so it
     shows the plot. Returns the summary."""
-    from .report import build_report, w2_vs_ipc
+    from .report import build_report, w2_series, w2_vs_ipc
 
     parent = storage.normalize(cfgs[0].output_dir).rsplit("/", 1)[0]
-    rows, points = [], []
+    rows = []
     for cfg, res in zip(cfgs, results, strict=True):
         dec = res.get("w2_decomposition") or {}
-        row = {"ipc": cfg.quantize.ipc, "run_dir": res["run_dir"],
-               "w2": {a: v["mean"] for a, v in (dec.get("clusterings") or {}).items()},
-               "top1": {m: {"mean": v.get("top1_mean"), "std": v.get("top1_std")}
-                        for m, v in (res.get("methods") or {}).items()}}
-        rows.append(row)
-        w2 = res.get("w2_per_class") or []
-        if w2:
-            points.append((cfg.quantize.ipc, sum(r["w2_mass"] for r in w2) / len(w2),
-                           sum(r["w2_uniform"] for r in w2) / len(w2)))
+        rows.append({"ipc": cfg.quantize.ipc, "run_dir": res["run_dir"],
+                     "w2": {a: v["mean"] for a, v in (dec.get("clusterings") or {}).items()},
+                     "w2_shipped": {m: v["mean"] for m, v in (dec.get("shipped") or {}).items()},
+                     "top1": {m: {"mean": v.get("top1_mean"), "std": v.get("top1_std")}
+                              for m, v in (res.get("methods") or {}).items()}})
     summary = {"ipcs": [c.quantize.ipc for c in cfgs], "runs": rows}
     storage.write_json(storage.join(parent, "ipcs.json"), summary)
-    if len(points) > 1:
-        storage.write_bytes(storage.join(parent, "w2_vs_ipc.png"), w2_vs_ipc(points))
+    series = w2_series(results)
+    if any(len(pts) > 1 for pts in series.values()):
+        storage.write_bytes(storage.join(parent, "w2_vs_ipc.png"), w2_vs_ipc(series))
         dirs = [r["run_dir"] for r in rows]
         for d in dirs:
             if "quantize" in (storage.read_json(storage.join(d, "results.json")).get("stages") or {}):

@@ -230,16 +230,41 @@ def mass_histograms(cent: list[dict], classes: list[str]) -> bytes:
     return _png(fig)
 
 
-def w2_vs_ipc(points: list[tuple[int, float, float]]) -> bytes:
-    """Mean latent W2 against IPC for several runs, log-log (DDOQ Corollary 1: O(K^{-1/d}) consistency)."""
+def w2_series(results: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """Mean latent W2 against IPC from several runs' ``results.json``: one series per clustering x {uniform, mass}
+    (``w2_decomposition``) and the random subset (shipped W2); runs without the decomposition give the first
+    clustering's ``w2_per_class`` means. Returns ``{label: [(ipc, W2), ...]}``."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in results:
+        dec = r.get("w2_decomposition") or {}
+        if dec.get("clusterings"):
+            for a, v in dec["clusterings"].items():
+                for scheme in ("uniform", "mass"):
+                    series.setdefault(f"{a}, {scheme}", []).append((r["ipc"], float(v["mean"][scheme])))
+            if "random" in (dec.get("shipped") or {}):
+                series.setdefault("random subset", []).append((r["ipc"], float(dec["shipped"]["random"]["mean"])))
+        elif r.get("w2_per_class"):
+            w2 = r["w2_per_class"]
+            series.setdefault("uniform", []).append((r["ipc"], float(np.mean([x["w2_uniform"] for x in w2]))))
+            series.setdefault("cell mass", []).append((r["ipc"], float(np.mean([x["w2_mass"] for x in w2]))))
+    return series
+
+
+def w2_vs_ipc(series: dict[str, list[tuple[int, float]]]) -> bytes:
+    """Mean latent W2 against IPC, log-log, one line per series of :func:`w2_series` (DDOQ Corollary 1:
+    O(K^{-1/d}) consistency); uniform weights dashed, cell-mass weights solid, one colour per clustering."""
     plt = _plt()
-    points = sorted(points)
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.loglog([p[0] for p in points], [p[2] for p in points], "o-", label="uniform (D4M)")
-    ax.loglog([p[0] for p in points], [p[1] for p in points], "s-", label="cell mass (DDOQ)")
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    colours: dict[str, str] = {}
+    for label, pts in series.items():
+        pts = sorted(pts)
+        base = label.split(",")[0]
+        colour = colours.setdefault(base, f"C{len(colours)}")
+        style = "o--" if label.endswith("uniform") else "s-"
+        ax.loglog([p[0] for p in pts], [p[1] for p in pts], style, color=colour, label=label, markersize=4)
     ax.set_xlabel("IPC (K)")
     ax.set_ylabel("mean latent W2")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
     return _png(fig)
 
 
@@ -301,14 +326,10 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
             cent = read_cell_masses(quantize_dir, _first_algorithm(quantize_dir))
             figs.append(("cell_mass_histograms", "cell masses per class (how unequal the Voronoi cells are)",
                          mass_histograms(cent, classes)))
-    points = []
-    for d in [run_dir, *map(storage.normalize, extra_runs)]:
-        r = storage.read_json(storage.join(d, "results.json"))
-        if r.get("w2_per_class"):
-            points.append((r["ipc"], float(np.mean([x["w2_mass"] for x in r["w2_per_class"]])),
-                           float(np.mean([x["w2_uniform"] for x in r["w2_per_class"]]))))
-    if len({p[0] for p in points}) > 1:
-        figs.append(("w2_vs_ipc", "mean latent W2 against IPC (log-log)", w2_vs_ipc(points)))
+    series = w2_series([storage.read_json(storage.join(d, "results.json"))
+                        for d in [run_dir, *map(storage.normalize, extra_runs)]])
+    if any(len({p[0] for p in pts}) > 1 for pts in series.values()):
+        figs.append(("w2_vs_ipc", "mean latent W2 against IPC (log-log)", w2_vs_ipc(series)))
 
     stage_rows = [[s, v.get("wall_s", ""), ", ".join(f"{k}={v[k]}" for k in ("input", "encoded", "skipped",
                                                                                  "classes", "centroids", "images",
