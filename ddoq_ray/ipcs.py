@@ -62,12 +62,14 @@ def run_ipcs(cfgs: list[RunConfig], stages: tuple[str, ...], force: bool = False
     owner = storage.normalize(cfgs[0].output_dir)
     results = []
     for i, cfg in enumerate(cfgs):
+        shared: list[str] = []
         if i:
             shared = [s for s in SHARED if share_stage(owner, storage.normalize(cfg.output_dir), s,
                                                        fingerprint(cfg, s))]
             log.info("IPC %d: %s shared from %s", cfg.quantize.ipc, ", ".join(shared) or "nothing", owner)
         log.info("IPC %d of %s: %s", cfg.quantize.ipc, [c.quantize.ipc for c in cfgs], cfg.output_dir)
-        results.append(run_all(cfg, stages, force=force))
+        own = tuple(s for s in stages if s not in shared)  # --force recomputes a shared stage in its owner only
+        results.append(run_all(cfg, own or stages, force=force and bool(own)))
     write_summary(cfgs, results)
     return results
 

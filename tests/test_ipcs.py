@@ -41,6 +41,13 @@ def test_ipc_list_is_one_run_per_ipc_sharing_one_encode(ray_session, assets, tmp
     assert (out / "w2_vs_ipc.png").stat().st_size > 1000
     assert 'id="w2_vs_ipc"' in (out / "ipc3" / "report.html").read_text()
 
+    # --force on a shared stage recomputes it in its owner only; the other IPC refers to the new attempt.
+    run_ipcs(cfgs, ("encode",), force=True)
+    again = json.loads((out / "ipc3" / "encode" / SUCCESS).read_text())
+    assert again["shared_attempt"] != marker["shared_attempt"]
+    assert stage_path(b, "encode") == stage_path(a, "encode")
+    assert sorted(p.name for p in (out / "ipc3" / "encode").iterdir()) == [SUCCESS]
+
     # The owner recomputes its encode: the reference is stale, so it is neither done nor readable.
     fp = fingerprint(cfgs[1], "encode")
     assert stage_done(b, "encode", fp)
