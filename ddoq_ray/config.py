@@ -15,10 +15,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from .config_base import Section as _Section
 from .config_runtime import MetricsConfig, RayConfig, TrackingConfig
 from .errors import ConfigError
-from .overrides import apply_overrides, format_errors
+from .overrides import apply_overrides, format_errors, read_doc
 
 # ConfigError lives in ddoq_ray.errors (leaf modules raise it); the runtime sections in config_runtime.
-__all__ = ["ConfigError", "MetricsConfig", "RayConfig", "TrackingConfig", "apply_overrides"]
+__all__ = ["ConfigError", "MetricsConfig", "RayConfig", "TrackingConfig", "apply_overrides", "read_doc"]
 
 
 class DataConfig(_Section):
@@ -374,26 +374,6 @@ class RunConfig(_Section):
         from .students.protocols import apply_protocol
 
         return apply_protocol(doc, QuantizeConfig.model_fields["ipc"].default) if isinstance(doc, dict) else doc
-
-
-def read_doc(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """The YAML document of a run config (a local path or a URI) with ``--set`` overrides applied, unvalidated.
-
-    Raises:
-        ConfigError: missing file, bad YAML, a top level that is not a mapping.
-    """
-    from . import storage
-
-    path = str(path)
-    if not storage.is_file(path):
-        raise ConfigError(f"config file not found: {path} (see configs/ for examples)")
-    try:
-        doc = yaml.safe_load(storage.read_text(path)) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections (data, encode, ...)")
-    return apply_overrides(doc, overrides or [])
 
 
 def validate_doc(doc: dict, source: str) -> RunConfig:

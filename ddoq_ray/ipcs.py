@@ -14,8 +14,9 @@ import copy
 import logging
 
 from . import storage
-from .config import RunConfig, read_doc, validate_doc
+from .config import RunConfig, validate_doc
 from .errors import ConfigError
+from .overrides import read_doc
 
 log = logging.getLogger("ddoq_ray")
 

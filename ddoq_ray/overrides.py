@@ -1,7 +1,9 @@
-"""``--set key=value`` overrides and config error messages (a leaf of :mod:`ddoq_ray.config`)."""
+"""Reading a config document, ``--set key=value`` overrides and config error messages (a leaf of
+:mod:`ddoq_ray.config`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -43,3 +45,23 @@ def format_errors(source: str, err) -> str:
         msg = "unknown key (check spelling; see configs/ for valid keys)" if unknown else e["msg"]
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
+
+
+def read_doc(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """The YAML document of a run config (a local path or a URI) with ``--set`` overrides applied, unvalidated.
+
+    Raises:
+        ConfigError: missing file, bad YAML, a top level that is not a mapping.
+    """
+    from . import storage
+
+    path = str(path)
+    if not storage.is_file(path):
+        raise ConfigError(f"config file not found: {path} (see configs/ for examples)")
+    try:
+        doc = yaml.safe_load(storage.read_text(path)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections (data, encode, ...)")
+    return apply_overrides(doc, overrides or [])

@@ -72,7 +72,7 @@ def test_account_shard_by_shard(tmp_path):
 def test_read_tasks_take_their_rows_from_the_index_file(tmp_path):
     """The driver ships row ranges; each read task reads its rows from <attempt>/index.parquet (row groups on
     the block grid), in index order, dictionary-encoded ``file`` included."""
-    from ddoq_ray.data import read_parquet_table
+    from ddoq_ray.parquet_rows import read_parquet_table
 
     files = pa.DictionaryArray.from_arrays(pa.array(np.repeat([0, 1], 5000).astype(np.int32)),
                                            pa.array([b"a.parquet", b"b.parquet"]))
