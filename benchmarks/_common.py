@@ -91,26 +91,25 @@ def timed(fn, *args, **kw):
 
 # ------------------------------------------------------------------ memory (/proc; psutil is not a dependency)
 
-def rss_bytes(pid: int | str = "self") -> int:
+def _status_bytes(pid: int | str, field: str) -> int:
+    """A ``kB`` field of ``/proc/<pid>/status`` in bytes; 0 when the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    return _status_bytes(pid, "VmRSS")
 
 
 def rss_shmem_bytes(pid: int | str = "self") -> int:
     """The shared-memory part of a process's RSS (``RssShmem``: for a Ray process, object-store pages it has
     touched); ``VmRSS - RssShmem`` is its own heap, stacks and mapped files."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssShmem:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _status_bytes(pid, "RssShmem")
 
 
 def reset_peak_rss() -> None:

@@ -70,15 +70,15 @@ def run_ipcs(cfgs: list[RunConfig], stages: tuple[str, ...], force: bool = False
             log.info("IPC %d: %s shared from %s", cfg.quantize.ipc, ", ".join(shared) or "nothing", owner)
         log.info("IPC %d of %s: %s", cfg.quantize.ipc, [c.quantize.ipc for c in cfgs], cfg.output_dir)
         own = tuple(s for s in stages if s not in shared)  # --force recomputes a shared stage in its owner only
-        results.append(run_all(cfg, own or stages, force=force and bool(own)))
+        results.append(run_all(cfg, own or stages, force=force and bool(own), report=False))
     write_summary(cfgs, results)
     return results
 
 
 def write_summary(cfgs: list[RunConfig], results: list[dict]) -> dict:
     """``<output_dir>/ipcs.json`` (per IPC: run directory, mean latent W2 per clustering and weight scheme,
-    per-method top-1 mean/std) and ``w2_vs_ipc.png``; each IPC's report is rebuilt with the other IPCs so it
-    shows the plot. Returns the summary."""
+    per-method top-1 mean/std) and ``w2_vs_ipc.png``; each IPC's report, written here (not by
+    :func:`~ddoq_ray.pipeline.run_all`) with the other IPCs so it shows the plot. Returns the summary."""
     from .report import build_report, w2_series, w2_vs_ipc
 
     parent = storage.normalize(cfgs[0].output_dir).rsplit("/", 1)[0]
@@ -95,10 +95,10 @@ def write_summary(cfgs: list[RunConfig], results: list[dict]) -> dict:
     series = w2_series(results)
     if any(len(pts) > 1 for pts in series.values()):
         storage.write_bytes(storage.join(parent, "w2_vs_ipc.png"), w2_vs_ipc(series))
-        dirs = [r["run_dir"] for r in rows]
-        for d in dirs:
-            if "quantize" in (storage.read_json(storage.join(d, "results.json")).get("stages") or {}):
-                build_report(d, [o for o in dirs if o != d])
+    dirs = [r["run_dir"] for r in rows]
+    for d, res in zip(dirs, results, strict=True):  # each report once, with the W2-vs-IPC plot of all IPCs
+        if "quantize" in (res.get("stages") or {}):
+            build_report(d, [o for o in dirs if o != d])
     log.info("several IPCs: %s (W2 against IPC: %s)", storage.join(parent, "ipcs.json"),
              storage.join(parent, "w2_vs_ipc.png"))
     return summary

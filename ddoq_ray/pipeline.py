@@ -65,10 +65,11 @@ def metrics_possible(run: Run) -> bool:
     return True
 
 
-def run_all(cfg: RunConfig, stages: tuple[str, ...] = STAGES, force: bool = False) -> dict:
+def run_all(cfg: RunConfig, stages: tuple[str, ...] = STAGES, force: bool = False, report: bool = True) -> dict:
     """Run (or resume) the given stages and every stage they read, in registry order; then write
     ``results.json`` and the report, log them to the ``tracking:`` backends (:mod:`ddoq_ray.tracking`) and return
-    the results. ``force`` recomputes only the stages named.
+    the results. ``force`` recomputes only the stages named; ``report=False`` leaves the report to the caller
+(:func:`ddoq_ray.ipcs.run_ipcs` writes each IPC's once, with the other IPCs).
 
     Raises:
         ConfigError: a ``tracking.backends`` package is missing (checked before any stage runs).
@@ -87,7 +88,7 @@ def run_all(cfg: RunConfig, stages: tuple[str, ...] = STAGES, force: bool = Fals
                 continue
             run_stage(run, name, force and name in stages)
         res = write_results(run)
-        if "quantize" in res["stages"]:
+        if report and "quantize" in res["stages"]:
             try:
                 from .report import build_report
 
