@@ -66,7 +66,7 @@ def read_file(loc: str, columns: list[str] | None = None) -> pa.Table:
     """One latent file with ``pyarrow.parquet.ParquetFile`` (footer + the columns asked for).
 
     Not ``pyarrow.dataset``: a dataset per shard kept ~1 KB per distinct file in the driver after it was dropped
-    (RSS grew by ~1.5 MB per shard of the stand-in and never came back, docs/benchmarks.md); file by file stays
+    (in a micro-test over the stand-in's 32 shards RSS grew ~1-3 MB per shard and never came back); file by file stays
     flat at the same speed."""
     fs, p = storage.resolve(loc)
     with fs.open_input_file(p) as f:
