@@ -12,6 +12,7 @@ import pyarrow as pa
 from . import storage
 from .assets import assets_root, is_named_teacher, resolve
 from .config import RunConfig
+from .driver_memory import mark, release
 from .errors import UserValueError
 
 
@@ -47,6 +48,8 @@ class Run:
             from .data import list_split
 
             self._train_index, self.classes = list_split(self.train_src, self.cfg.data, self.cfg.data.max_per_class)
+            release()  # the listing's temporaries (per-file tables, id hashes), kept mapped by the allocators
+            mark("listed", rows=self._train_index.num_rows, index_mb=round(self._train_index.nbytes / 2**20, 1))
         return self._train_index
 
     @property

@@ -14,6 +14,7 @@ import logging
 
 from .config import RunConfig
 from .context import Run
+from .driver_memory import mark, release
 from .errors import StageOrderError
 from .results import results_table, write_results
 from .rundir import stage_done, stage_writer
@@ -48,8 +49,11 @@ def run_stage(run: Run, name: str, force: bool = False, extra: dict | None = Non
         run.require_test()
     init_ray(cfg.ray)
     log.info("stage %s: running (%s)", name, s.doc)
+    mark(f"{name}: start")
     with stage_writer(run.dir, name, fp, resume=s.resumable and not force) as (out, summary):
         s.run_function()(run, out, summary, **(extra or {}))
+    release()
+    mark(f"{name}: committed")
     return True
 
 
@@ -76,6 +80,7 @@ def run_all(cfg: RunConfig, stages: tuple[str, ...] = STAGES, force: bool = Fals
     """
     from . import tracking
 
+    mark("run_all: start")
     run = Run(cfg)
     with tracking.session(cfg, run.dir) as tr:
         log.info("run directory: %s (config.yaml, one folder per stage; results.json and report.html at the end)",
@@ -88,11 +93,14 @@ def run_all(cfg: RunConfig, stages: tuple[str, ...] = STAGES, force: bool = Fals
                 continue
             run_stage(run, name, force and name in stages)
         res = write_results(run)
+        mark("results written")
         if report and "quantize" in res["stages"]:
             try:
                 from .report import build_report
 
                 build_report(run.dir, index=run.train_index)
+                release()
+                mark("report written")
             except Exception as e:  # noqa: BLE001 - a broken plot must never fail a finished run
                 log.warning("report: could not be written (%s); retry with `ddoq-ray report %s`", e, run.dir)
         tracking.log_results(tr, res, run.dir)

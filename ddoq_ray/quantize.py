@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .config import QuantizeConfig
+from .driver_memory import mark, release
 from .errors import DdoqError
 from .quantization import centroid_weights, quantize_class, w2
 
@@ -193,9 +194,13 @@ def run_quantize(qcfg: QuantizeConfig, encode_dir: str, labels: list[int], out: 
                                      "w2_identity": float(np.sqrt(q.inertia / q.n))})
                 del r, done
                 bar.update(1)
+                if bar.n % 100 == 0:
+                    mark("quantize: classes", n=bar.n)
     finally:
         for w in writers.values():
             w.close()
+    release()
+    mark("quantize: writers closed")
     order = {a: i for i, a in enumerate(algorithms)}
     cls_rows.sort(key=lambda r: (order[r["algorithm"]], r["label"]))
     storage.write_parquet(pa.Table.from_pylist(cls_rows), storage.join(out, "classes.parquet"))

@@ -137,7 +137,7 @@ def _real_images(run_dir: str, per_class: int, index=None) -> tuple[dict, dict]:
     import pyarrow.compute as pc
     import yaml
 
-    from .artifacts.centroids import read_assignments
+    from .artifacts.centroids import read_assignments, read_class_table
     from .artifacts.methods import subset_ids
     from .config import RunConfig
     from .context import Run
@@ -147,12 +147,12 @@ def _real_images(run_dir: str, per_class: int, index=None) -> tuple[dict, dict]:
         cfg = RunConfig.model_validate(yaml.safe_load(storage.read_text(storage.join(run_dir, "config.yaml"))))
         index = Run(cfg).train_index if index is None else index
         q = _stage(run_dir, "quantize")
-        asg = read_assignments(q, columns=["id", "label"], algorithm=_first_algorithm(q))
+        labels = sorted({int(r["label"]) for r in read_class_table(q)})[:MAX_CLASSES]
+        asg = read_assignments(q, columns=["id", "label"], algorithm=_first_algorithm(q), labels=labels)
         rand_ids = set(subset_ids(run_dir, cfg.quantize.ipc, cfg.train.seeds[0] if cfg.train.seeds else 0))
     except Exception as e:  # noqa: BLE001 - a report must not fail because the data moved
         log.warning("report: real images unavailable (%s)", e)
         return {}, {}
-    labels = sorted(pc.unique(asg.column("label")).to_pylist())[:MAX_CLASSES]
     real_ids = set()
     for c in labels:
         ids_c = asg.filter(pc.equal(asg.column("label"), c)).column("id")

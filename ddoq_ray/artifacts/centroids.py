@@ -44,16 +44,20 @@ def read_class_table(quantize_dir: str, algorithm: str | None = None) -> list[di
     return _with_algorithm(storage.read_parquet(storage.join(quantize_dir, "classes.parquet")), algorithm).to_pylist()
 
 
-def read_assignments(quantize_dir: str, columns: list[str] | None = None, algorithm: str | None = None) -> pa.Table:
+def read_assignments(quantize_dir: str, columns: list[str] | None = None, algorithm: str | None = None,
+                     labels: list[int] | None = None) -> pa.Table:
     """``assignments.parquet``: the cell ``k`` (and squared distance) of every latent, by id; only ``algorithm``'s
-    rows when given (``columns`` then need not name ``algorithm``)."""
+    rows when given (``columns`` then need not name ``algorithm``); only the classes ``labels`` when given, read
+    by row group (the stage writes one per class and clustering), so a few classes of ImageNet cost a few
+    classes' rows, not 1.28 M of them."""
     path = storage.join(quantize_dir, "assignments.parquet")
+    kw = {"filters": [("label", "in", [int(c) for c in labels])]} if labels is not None else {}
     if columns is None:
-        return _with_algorithm(storage.read_parquet(path), algorithm)
+        return _with_algorithm(storage.read_parquet(path, **kw), algorithm)
     try:
-        t = storage.read_parquet(path, columns=list(dict.fromkeys([*columns, "algorithm"])))
+        t = storage.read_parquet(path, columns=list(dict.fromkeys([*columns, "label", "algorithm"])), **kw)
     except (pa.ArrowInvalid, KeyError):  # a pre-issue-14 folder without the column
-        t = storage.read_parquet(path, columns=columns)
+        t = storage.read_parquet(path, columns=list(dict.fromkeys([*columns, "label"])), **kw)
     return _with_algorithm(t, algorithm).select(columns)
 
 
