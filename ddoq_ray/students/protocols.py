@@ -11,7 +11,8 @@ preset is the number to report. Presets (protocols.md §2; method.md §4.4, §5)
   soft labels precomputed per crop and epoch, KL T = 20, RandomResizedCrop(0.08-1) + CutMix, AdamW 1e-3, wd
   0.01, cosine to 0, 300 epochs, batch 1024, final epoch.
 - ``dd_ranking``: DD-Ranking's CIFAR-10 setting (its ``D4M/CIFAR10/IPC10.yaml``): ConvNet-3 teacher online, KL
-  T = 20, CutMix β = 1, RandomResizedCrop(32, 0.08-1), AdamW wd 0.01, cosine, 500 epochs, batch 100, 5 runs.
+  T = 20, CutMix β = 1, RandomResizedCrop(32, 0.08-1), AdamW wd 0.01, its "cosine" (which its code implements
+  as the half cosine 0.5 (1 + cos(pi e / E / 2)) per epoch), 500 epochs, batch 100, 5 runs.
 - ``hard``: Minimax hard labels (Gu et al., CVPR 2024; MGD³ App. I): cross-entropy, RRC + CutMix, SGD 0.01
   decayed ×0.2 at 2/3 and 5/6, 2000 epochs at IPC 10 (1500 at IPC ≥ 20), mean ± std of 3 runs.
 - ``ddoq_hard``: the hard-label protocol of this project's main job (configs/cifar10_taesd_ipc10.yaml), so it
@@ -108,8 +109,12 @@ PRESETS: dict[str, Protocol] = {p.name: p for p in (
                                          "evaluations every 50 epochs (method.md §4.4)",
               "runs": "not fixed by SRe2L; 3 [choice]"}),
     Protocol("dd_ranking", "online", "ConvNet-3 teacher trained on the real train split", 20.0, "cutmix", 1.0,
-             1.0, 0.08, True, "adamw", 0.01, 0.01, "cosine", 500, None, 100, "best", 20, 5,
+             1.0, 0.08, True, "adamw", 0.01, 0.01, "half_cosine", 500, None, 100, "best", 20, 5,
              {"all": _DDR, "lr": "default_lr 0.01; SoftLabelEvaluator searches it per run (see deviations)",
+              "schedule": "lr_scheduler: cosine, which ddranking/utils/train_and_eval.py get_lr_scheduler builds "
+                          "as LambdaLR 0.5 (1 + cos(pi e / E / 2)), stepped per epoch: lr to lr/2, not to 0 "
+                          "(found while building benchmarks/ddranking_check.py, which runs its evaluator beside "
+                          "this preset)",
               "cutmix_prob": "Cutmix(beta 1) applied to every batch (data_aug_func: cutmix)",
               "reported": "best top-1 of the test evaluations every 20 epochs (test_interval = 20)",
               "seeds": "seed_list = [0, 1, 42, 1234, 3407] for num_eval = 5 runs"},
@@ -117,6 +122,9 @@ PRESETS: dict[str, Protocol] = {p.name: p for p in (
              deviations={"lr": "DD-Ranking picks each run's lr from [0.001, 0.005, 0.01, 0.05, 0.1] by test "
                                "top-1; this preset trains at 0.01 (its default_lr). Sweep train.lr over that grid "
                                "with `ddoq-ray tune` to reproduce the search.",
+                         "loss_scale": "DD-Ranking's KLDivergenceLoss defaults to scale_loss=False (KL, batchmean); "
+                                       "here KL x T^2 (Hinton et al. 2015): under AdamW a constant loss scale "
+                                       "changes the update only through eps = 1e-8",
                          "teacher": "DD-Ranking's pretrained ConvNet-3 teachers (downloaded); here the run's "
                                     "train.teacher",
                          "score": "DD-Ranking reports IOR = top-1(set) - top-1(random) and HLR; here top-1 per "
