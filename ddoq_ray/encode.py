@@ -79,9 +79,10 @@ class VAEEncoder:
     """
 
     def __init__(self, vae_path: str, kind: str, precision: str, latent: str, seed: int, shape, device: str,
-                 num_threads: int | None):
+                 num_threads: int | None, micro_batch: int | None = None):
         self.vae = load_vae(vae_path, kind, device, precision, num_threads)
         self.latent, self.seed, self.shape = latent, seed, tuple(shape)
+        self.micro_batch = micro_batch  # the VAE's batch when a task holds several (encode.batches_per_task)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         n = len(batch["id"])
@@ -92,7 +93,9 @@ class VAEEncoder:
         idx = np.flatnonzero(ok)
         if idx.size:
             seeds = [row_seed(self.seed, ids[i]) for i in idx]
-            zi = encode_images(self.vae, batch["image"][idx], self.latent, seeds)
+            step = self.micro_batch or len(idx)
+            zi = np.concatenate([encode_images(self.vae, batch["image"][idx[a:a + step]], self.latent,
+                                               seeds[a:a + step]) for a in range(0, len(idx), step)])
             finite = np.isfinite(zi).reshape(len(idx), -1).all(axis=1)
             z[idx[finite]] = zi[finite]
             ok[idx[~finite]] = False
@@ -218,16 +221,19 @@ def encode_stream(cfg: RunConfig, index: pa.Table, todo: list[dict], vae_path: s
 
     ecfg = cfg.encode
     threads = None if device == "cuda" else (ecfg.num_threads or max(1, round(ecfg.num_cpus_per_actor)))
+    # Tasks of several encoder batches: Ray Data keeps a stats record per task output block in the driver for the
+    # whole run (ray-project/ray#66016), ~35 bytes per row at 128 rows per task (docs/benchmarks.md, stand-in).
+    rows_per_task = ecfg.batch_size * ecfg.batches_per_task
     ds = read_index_blocks(write_index(out, index), todo_blocks(todo), cfg.data.image_column)
-    ds = ds.map_batches(decode_rows, fn_kwargs={"size": cfg.data.image_size}, batch_size=256, batch_format="numpy",
-                        num_cpus=0.5)
+    ds = ds.map_batches(decode_rows, fn_kwargs={"size": cfg.data.image_size}, batch_size=rows_per_task,
+                        batch_format="numpy", num_cpus=0.5)
     ds = ds.map_batches(
         VAEEncoder,
         fn_constructor_kwargs={"vae_path": vae_path, "kind": ecfg.vae_kind, "precision": ecfg.precision,
                                "latent": ecfg.latent, "seed": ecfg.seed, "shape": shape, "device": device,
-                               "num_threads": threads},
+                               "num_threads": threads, "micro_batch": ecfg.batch_size},
         compute=ray.data.ActorPoolStrategy(min_size=ecfg.min_actors, max_size=ecfg.max_actors),
-        batch_size=ecfg.batch_size, batch_format="numpy",
+        batch_size=rows_per_task, batch_format="numpy",
         num_cpus=ecfg.num_cpus_per_actor, num_gpus=ecfg.num_gpus_per_actor if device == "cuda" else None,
     )
     # Writer batches of a shard's size: the files are one per (shard, label, status) and batch, so 128-row

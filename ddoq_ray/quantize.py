@@ -194,7 +194,8 @@ def run_quantize(qcfg: QuantizeConfig, encode_dir: str, labels: list[int], out: 
                                      "w2_identity": float(np.sqrt(q.inertia / q.n))})
                 del r, done
                 bar.update(1)
-                if bar.n % 100 == 0:
+                if bar.n % 100 == 0:  # the results fetched so far, kept mapped by the allocators
+                    release()
                     mark("quantize: classes", n=bar.n)
     finally:
         for w in writers.values():

@@ -62,7 +62,7 @@ def _checkpoint_stat(cfg: RunConfig) -> dict:
 
 def _encode_inputs(cfg: RunConfig) -> dict:
     data = cfg.data.model_dump(mode="json", exclude=set(TEST_FIELDS))
-    return {"data": data, "encode": cfg.encode.model_dump(mode="json", exclude={"shard_rows"})}
+    return {"data": data, "encode": cfg.encode.model_dump(mode="json", exclude={"shard_rows", "batches_per_task"})}
 
 
 def _quantize_inputs(cfg: RunConfig) -> dict:

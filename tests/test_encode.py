@@ -60,6 +60,21 @@ def test_encoder_marks_undecodable_rows_skipped(cifar64):
     assert t.column("latent").type.shape == [4, 8, 8]
 
 
+def test_several_batches_per_task_encode_each_row_as_one_batch_does(cifar64):
+    """encode.batches_per_task: a task of 7 rows run 3 at a time (skipped rows left out) gives the latents of the
+    whole task in one VAE call, row for row."""
+    n = 7
+    batch = {"id": np.array([f"r{i}" for i in range(n)], dtype=object), "label": np.zeros(n, dtype=np.int64),
+             "image": cifar64["images"][:n], "ok": np.array([True, True, False, True, True, True, True]),
+             "error": np.array([""] * n, dtype=object)}
+    whole = VAEEncoder(str(TAESD), "auto", "fp32", "mean", 0, (4, 8, 8), "cpu", 1)(batch)
+    micro = VAEEncoder(str(TAESD), "auto", "fp32", "mean", 0, (4, 8, 8), "cpu", 1, micro_batch=3)(batch)
+    za, zb = (t.column("latent").combine_chunks().to_numpy_ndarray() for t in (whole, micro))
+    assert micro.column("status").to_pylist() == whole.column("status").to_pylist()
+    assert za.shape == zb.shape == (n, 4, 8, 8) and np.abs(za[2]).max() == 0  # the skipped row stays zero
+    np.testing.assert_allclose(zb, za, rtol=1e-5, atol=1e-6)
+
+
 def test_latent_parquet_keeps_shape_in_plain_pyarrow(tmp_path):
     z = np.random.default_rng(0).normal(size=(3, 4, 8, 8)).astype(np.float32)
     pq.write_table(pa.table({"id": ["a", "b", "c"], "latent": to_tensor_array(z)}), tmp_path / "l.parquet")

@@ -42,7 +42,7 @@ def test_dd_ranking_cifar10_setting():
     assert (t.label_mode, t.temperature, t.epochs, t.batch_size, t.min_crop_scale) == ("online", 20.0, 500, 100, 0.08)
     assert t.seeds == [0, 1, 42, 1234, 3407] and t.weight_decay == 0.01  # SoftLabelEvaluator's seed_list
     assert (t.lr, t.reported, t.eval_every, t.optimizer, t.schedule) == (0.01, "best", 20, "adamw", "half_cosine")
-    assert set(get("dd_ranking").deviations) == {"lr", "loss_scale", "teacher", "score"}  # its lr search is not reproduced
+    assert set(get("dd_ranking").deviations) == {"lr", "loss_scale", "teacher", "score"}  # no lr search
 
 
 def test_hard_is_minimax_sgd_with_step_decay():
