@@ -78,11 +78,13 @@ class VAEEncoder:
     error, latent}``, plus ``pos`` when given.
     """
 
+    micro_batch: int | None = None  # the VAE's batch when a task holds several (encode.batches_per_task)
+
     def __init__(self, vae_path: str, kind: str, precision: str, latent: str, seed: int, shape, device: str,
                  num_threads: int | None, micro_batch: int | None = None):
         self.vae = load_vae(vae_path, kind, device, precision, num_threads)
         self.latent, self.seed, self.shape = latent, seed, tuple(shape)
-        self.micro_batch = micro_batch  # the VAE's batch when a task holds several (encode.batches_per_task)
+        self.micro_batch = micro_batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         n = len(batch["id"])
