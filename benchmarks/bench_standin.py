@@ -284,23 +284,28 @@ def main(argv=None) -> None:
         encoder = make_encoder(work / "encoder")
         kernel = encoder_kernel(encoder)
         print(f"stand-in encoder alone: {kernel:.0f} img/s (2 threads, batch 128)", flush=True)
-        rows = []
+        rows, resume_date = [], None
         for frac in sizes:
             rows.append(run_size(work, frac, jpegs, encoder))
             print(table(rows[-1:], list(rows[-1])), flush=True)
         res = (resume(work, a.resume_size or (min(sizes) if sizes else 0.25), encoder, a.kill_at)
                if (a.resume or a.quick or a.resume_only) else None)
+        saved = ROOT / "benchmarks" / "results" / "bench_standin.json"
+        prev = json.loads(saved.read_text()) if saved.exists() and not a.quick else {}
         if a.resume_only:  # the sizes measured before
-            prev = json.loads((ROOT / "benchmarks" / "results" / "bench_standin.json").read_text())
             rows, kernel = prev["sizes"], prev["encoder_kernel_img_s"]
+        elif res is None and prev.get("resume"):  # sizes only: the last resume stays, dated
+            res = prev["resume"]
+            resume_date = prev.get("resume_measured") or prev["machine"]["date"]
     finally:
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)
     print("\n" + table(rows, COLS))
     if res:
         print("\nresume:\n" + table([res], list(res)))
+    extra = {"resume_measured": resume_date} if resume_date else {}
     write_result("bench_standin_quick" if a.quick else "bench_standin",
-                 {"encoder_kernel_img_s": round(kernel), "sizes": rows, "resume": res})
+                 {"encoder_kernel_img_s": round(kernel), "sizes": rows, "resume": res, **extra})
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def standin_section(st: dict | None, fmt) -> list[str]:
          fmt(st["sizes"], COLS), ""]
     r = st.get("resume")
     if r:
-        L += [f"Resume: `ddoq-ray encode` on the {r['rows']:,}-row split ({r['shards']} shards of "
+        when = st.get("resume_measured", m.get("date", ""))[:16].replace("T", " ")
+        L += [f"Resume (measured {when}): `ddoq-ray encode` on the {r['rows']:,}-row split ({r['shards']} shards of "
               f"{r['shard_rows']:,} rows) SIGKILLed with its Ray processes once {r['done_at_kill']} shards had "
               f"done markers; `ddoq-ray quantize` then re-encoded {r['encoded_shards']} shards and kept "
               f"{r['resumed_shards']}. Rows on disk in unfinished shards at the kill (work lost and redone): "
