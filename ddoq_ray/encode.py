@@ -255,6 +255,7 @@ def commit_shards(counts, out: str, todo: list[dict]) -> None:
     """
     by_id = {s["id"]: s for s in todo}
     seen = dict.fromkeys(by_id, 0)
+    total, done, t0 = sum(s["stop"] - s["start"] for s in todo), 0, time.perf_counter()
     for block in counts:
         for sid, n in zip(block.column("shard").to_pylist(), block.column("rows").to_pylist(), strict=True):
             seen[sid] += n
@@ -265,6 +266,9 @@ def commit_shards(counts, out: str, todo: list[dict]) -> None:
             if seen[sid] == rows:
                 write_shard_marker(out, s, shard_counts(out, sid, rows))
                 release()  # the footers of the shard's ~1,000 files
+                done += rows
+                log.info("encode: shard %s done (%d/%d images of this run, %.0f img/s)", sid, done, total,
+                         done / max(time.perf_counter() - t0, 1e-9))
                 mark("encode: shard done", shard=sid)
     short = {sid: n for sid, n in seen.items() if n != by_id[sid]["stop"] - by_id[sid]["start"]}
     if short:

@@ -148,3 +148,18 @@ def test_shuffled_classes_write_few_files_and_class_reads_list_only_their_folder
         assert ids == ref.column("id").to_pylist() and len(ids) == 200
         assert np.array_equal(z, ref.column("latent").combine_chunks().to_numpy_ndarray())
     assert latents.class_files(out, 7) == [] and latents.read_class_latents(out, 7)[0] == []
+
+
+def test_commit_logs_each_shard_with_the_run_progress(monkeypatch, caplog):
+    todo = [{"id": "00000", "start": 0, "stop": 4, "sha1": ""}, {"id": "00001", "start": 4, "stop": 6, "sha1": ""}]
+    monkeypatch.setattr(encode, "shard_counts", lambda out, sid, rows: {"encoded": rows, "skipped": 0})
+    written = []
+    monkeypatch.setattr(encode, "write_shard_marker", lambda out, s, c: written.append((s["id"], c["encoded"])))
+    blocks = [pa.table({"shard": ["00000", "00001"], "rows": [4, 1], "encoded": [4, 1]}),
+              pa.table({"shard": ["00001"], "rows": [1], "encoded": [1]})]
+    with caplog.at_level("INFO", logger="ddoq_ray"):
+        encode.commit_shards(blocks, "unused", todo)
+    assert written == [("00000", 4), ("00001", 2)]
+    lines = [r.getMessage() for r in caplog.records if "shard" in r.getMessage()]
+    assert [ln.split(" img/s")[0].rsplit(",", 1)[0] for ln in lines] == [
+        "encode: shard 00000 done (4/6 images of this run", "encode: shard 00001 done (6/6 images of this run"]
