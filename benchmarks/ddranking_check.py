@@ -35,8 +35,9 @@ from pathlib import Path
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # DD-Ranking's get_dataset('CIFAR10') normalisation
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
-PROTOCOL_FIELDS = ("epochs", "lr", "weight_decay", "temperature", "batch_size", "min_crop_scale", "flip",
-                   "cutmix_beta", "schedule", "optimizer", "eval_every", "reported", "label_mode", "image_size")
+PROTOCOL_FIELDS = ("epochs", "lr", "weight_decay", "temperature", "batch_size", "min_crop_scale", "mix",
+                   "cutmix_prob", "cutmix_beta", "schedule", "optimizer", "eval_every", "reported", "label_mode",
+                   "image_size")
 
 
 def _cifar_batch(images, labels, path: Path, name: str) -> None:
@@ -118,7 +119,7 @@ def evaluate(out: Path, threads: int | None = None) -> None:
     norm = transforms.Normalize(CIFAR_MEAN, CIFAR_STD)
     train_trans = transforms.Compose(
         [transforms.RandomResizedCrop(p["image_size"], scale=(p["min_crop_scale"], 1.0)),
-         *([transforms.RandomHorizontalFlip()] if p["flip"] else []), transforms.ToTensor(), norm])
+         transforms.RandomHorizontalFlip(), transforms.ToTensor(), norm])  # ours always flips, p = 0.5
     dummy = out / "teachers" / "CIFAR10" / "ConvNet-3" / "ckpt_best.pt"  # DD-Ranking loads one at init;
     dummy.parent.mkdir(parents=True, exist_ok=True)  # replaced by the run's teacher below
     torch.save(build_model("ConvNet-3", n_classes, (32, 32), device="cpu").state_dict(), dummy)

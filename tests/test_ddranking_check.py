@@ -5,7 +5,8 @@ import pickle
 import numpy as np
 import pytest
 
-from benchmarks.ddranking_check import _cifar_batch
+from benchmarks.ddranking_check import PROTOCOL_FIELDS, _cifar_batch
+from ddoq_ray.config import TrainConfig
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -31,3 +32,8 @@ def test_cifar_batches_read_back_through_torchvision_pixel_for_pixel(tmp_path, m
     assert train.data.shape == (12, 32, 32, 3) and np.array_equal(train.data, images)
     assert train.targets == [int(c) for c in labels]
     assert np.array_equal(test.data, images[:3]) and test.classes == [str(c) for c in range(10)]
+
+
+def test_protocol_fields_are_train_config_fields():
+    # prepare() reads each with getattr on the run's TrainConfig; a renamed field failed only at run time once.
+    assert set(PROTOCOL_FIELDS) <= set(TrainConfig.model_fields), set(PROTOCOL_FIELDS) - set(TrainConfig.model_fields)
