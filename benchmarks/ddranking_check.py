@@ -159,6 +159,7 @@ def compare(run_dir: str, out: Path) -> None:
 
     from benchmarks._common import table, write_result
     from ddoq_ray import storage
+    from ddoq_ray.assets import assets_root
     from ddoq_ray.rundir import stage_path
 
     meta = json.loads((out / "protocol.json").read_text())
@@ -167,12 +168,15 @@ def compare(run_dir: str, out: Path) -> None:
     rows = []
     for key, r in ddr.items():
         mine = st.filter(pc.and_(pc.equal(st.column("method"), r["method"]), pc.equal(st.column("seed"), r["seed"])))
-        ours = mine.column("top1").to_pylist()[0] if mine.num_rows else None
-        rows.append({"set": key, "n": r["n"], "ddoq_ray_top1": ours, "ddranking_top1": round(r["top1"], 2),
+        # students.parquet keeps top-1 as a fraction; DD-Ranking returns percent.
+        ours = round(100 * mine.column("top1").to_pylist()[0], 2) if mine.num_rows else None
+        rows.append({"set": key, "n": r["n"], "ddoq_ray_top1_pct": ours, "ddranking_top1_pct": round(r["top1"], 2),
                      "difference": None if ours is None else round(ours - r["top1"], 2),
                      "ddranking_wall_s": r["wall_s"]})
     print(table(rows, list(rows[0])))
-    write_result("ddranking_check", {"protocol": meta["protocol"], "teacher": meta["teacher"], "rows": rows})
+    root = assets_root()  # the teacher's path under the assets root, not this machine's absolute path
+    teacher = json.loads(json.dumps(meta["teacher"]).replace(str(root), "$DDOQ_ASSETS")) if root else meta["teacher"]
+    write_result("ddranking_check", {"protocol": meta["protocol"], "teacher": teacher, "rows": rows})
 
 
 def main(argv=None) -> None:

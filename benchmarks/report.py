@@ -281,6 +281,14 @@ def main():
               _fmt_rows(mj.get("students") or [], ["time", "method", "seed", "top1", "wall_s"]), "",
               f"`/usr/bin/time -v`: {mj['time_v'] or 'not in the log yet (the job was still running)'}", ""]
         L += [f"- {n}" for n in mj.get("notes", [])] + [""]
+    dr = _load("ddranking_check")
+    if dr:
+        L += ["## `dd_ranking` preset vs DD-Ranking's own evaluator (`ddranking_check.py`)", "",
+              f"The same images (the run's JPEG CIFAR-10 as torchvision batches, each set as lossless PNGs) and the "
+              f"same teacher ({dr['teacher'].get('arch')}, top-1 {dr['teacher'].get('top1')}), one student each: "
+              f"ddoq-ray's `dd_ranking` preset vs `ddranking` 0.2.0's `_compute_soft_label_metrics` at the preset's "
+              f"lr {dr['protocol']['lr']} (one run, no lr search). Date {dr['machine']['date']}.", "",
+              _fmt_rows(dr["rows"], list(dr["rows"][0])), ""]
     L += standin_section(_load("bench_standin"), _fmt_rows)
     L += gpu_sections(_load("bench_jpeg"), _load("cost_model"), _load("gpu_check"))
     DOC.parent.mkdir(exist_ok=True)
