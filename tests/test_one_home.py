@@ -94,20 +94,29 @@ def test_teacher_of_other_classes_is_never_reused(tiny_run, tmp_path):
                                                     "teacher")
 
 
+def test_matrix_fingerprint_changes_with_what_determines_it(tiny_run):
+    cfg, out, _ = tiny_run
+    extra = {"archs": ["convnet3"]}
+    base = fingerprint(cfg, "matrix", extra)
+    assert fingerprint(cfg, "matrix", dict(extra)) == base
+    # A changed weight scheme (or temperature, lr, teacher, decode...) is a new matrix, never the old numbers.
+    changed = load_config("configs/smoke.yaml", [f"output_dir={out}", f"assets_root={cfg.assets_root}", *TINY,
+                                                 "train.weight_scheme=sqrt_mass"])
+    assert fingerprint(changed, "matrix", extra) != base
+    assert fingerprint(cfg, "matrix", {"archs": ["convnet3", "resnet20_cifar"]}) != base
+
+
+@pytest.mark.slow  # trains the matrix's 6 students and re-commits train: ~2.7 min on the 2-core machine
 def test_matrix_is_a_keyed_stage_that_train_commits_keep(tiny_run, caplog):
     cfg, out, _ = tiny_run
     run = Run(cfg)
     extra = {"archs": ["convnet3"]}
     assert run_stage(run, "matrix", extra=extra)
     m = committed(out, "matrix")
+    assert m["fingerprint"] == fingerprint(cfg, "matrix", extra)
     rows = storage.read_parquet(storage.join(stage_path(out, "matrix"), "matrix_runs.parquet")).to_pylist()
     assert len(rows) == 6 and {r["arch"] for r in rows} == {"convnet3"}
     assert not run_stage(run, "matrix", extra=extra)  # nothing changed: reused
-    # A changed weight scheme (or temperature, lr, teacher, decode...) is a new matrix, never the old numbers.
-    changed = load_config("configs/smoke.yaml", [f"output_dir={out}", f"assets_root={cfg.assets_root}", *TINY,
-                                                 "train.weight_scheme=sqrt_mass"])
-    assert fingerprint(changed, "matrix", extra) != m["fingerprint"]
-    assert fingerprint(cfg, "matrix", {"archs": ["convnet3", "resnet20_cifar"]}) != m["fingerprint"]
     # Re-committing the train stage garbage-collects only <run>/train/: the matrix stays.
     run_stage(run, "train", force=True)
     assert committed(out, "matrix") == m and storage.is_file(storage.join(stage_path(out, "matrix"),
