@@ -174,8 +174,8 @@ def compare(run_dir: str, out: Path) -> None:
                      "difference": None if ours is None else round(ours - r["top1"], 2),
                      "ddranking_wall_s": r["wall_s"]})
     print(table(rows, list(rows[0])))
-    root = assets_root()  # the teacher's path under the assets root, not this machine's absolute path
-    teacher = json.loads(json.dumps(meta["teacher"]).replace(str(root), "$DDOQ_ASSETS")) if root else meta["teacher"]
+    root = assets_root()  # the teacher as an `assets:` ref (what assets.resolve reads), not this machine's path
+    teacher = json.loads(json.dumps(meta["teacher"]).replace(f"{root}/", "assets:")) if root else meta["teacher"]
     write_result("ddranking_check", {"protocol": meta["protocol"], "teacher": teacher, "rows": rows})
 
 
