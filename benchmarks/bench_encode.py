@@ -76,7 +76,7 @@ def plain_script(index, image_column: str, size: int, model, out_dir: str, batch
     import pyarrow.parquet as pq
     import torch
 
-    from ddoq_ray.data import _read_bytes
+    from ddoq_ray.data import read_bytes
     from ddoq_ray.images import decode_batch
 
     t = time.perf_counter()
@@ -84,7 +84,7 @@ def plain_script(index, image_column: str, size: int, model, out_dir: str, batch
     for s in range(0, index.num_rows, 1024):
         part = index.slice(s, 1024)
         b = decode_batch({"id": np.array(part.column("id").to_pylist(), dtype=object),
-                          "label": part.column("label").to_numpy(), "bytes": _read_bytes(part, image_column)}, size)
+                          "label": part.column("label").to_numpy(), "bytes": read_bytes(part, image_column)}, size)
         with torch.inference_mode():
             for j in range(0, len(b["image"]), batch):
                 x = torch.from_numpy(b["image"][j:j + batch]).permute(0, 3, 1, 2).float() / 127.5 - 1.0

@@ -6,6 +6,10 @@ from here (the class list, the train and test indexes, the teacher location).
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pyarrow as pa
 
@@ -14,6 +18,7 @@ from .assets import assets_root, is_named_teacher, resolve
 from .config import RunConfig
 from .driver_memory import mark, release
 from .errors import UserValueError
+from .index_file import IndexFile
 
 
 class Run:
@@ -37,20 +42,35 @@ class Run:
         # A library teacher (timm:/torchvision:) is no file: its weights come from the library's cache or download.
         ref = cfg.train.teacher
         self.teacher_path = resolve(ref, self.root, "data") if ref and not is_named_teacher(ref) else None
-        self._train_index: pa.Table | None = None
+        self._train_index: IndexFile | None = None
         self._test_index: pa.Table | None = None
         self.classes: list[str] | None = None
 
     @property
-    def train_index(self) -> pa.Table:
-        """The train split's index (``id``, ``label``, image reference), listed once; sets :attr:`classes`."""
+    def train_index_file(self) -> IndexFile:
+        """The train split's index (:class:`ddoq_ray.index_file.IndexFile`: ``id``, ``label``, image reference),
+        listed once into a temporary folder (deleted with the last reference to it); sets :attr:`classes`. The driver
+        reads from it what a stage needs (labels, a shard's ids, a few rows) instead of holding the index."""
         if self._train_index is None:
-            from .data import list_split
+            from .index_file import list_split_file
 
-            self._train_index, self.classes = list_split(self.train_src, self.cfg.data, self.cfg.data.max_per_class)
+            tmp = tempfile.mkdtemp(prefix="ddoq-index-")
+            try:
+                index, self.classes = list_split_file(self.train_src, self.cfg.data, os.path.join(tmp, "train.parquet"),
+                                                      self.cfg.data.max_per_class)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self._train_index = index.delete_with(tmp)
             release()  # the listing's temporaries (per-file tables, id hashes), kept mapped by the allocators
-            mark("listed", rows=self._train_index.num_rows, index_mb=round(self._train_index.nbytes / 2**20, 1))
+            mark("listed", rows=self._train_index.num_rows)
         return self._train_index
+
+    @property
+    def train_index(self) -> pa.Table:
+        """The whole train index as an Arrow table, read from :attr:`train_index_file` at each access (for
+        CIFAR-sized consumers: teacher, student sets; ImageNet-scale driver code reads the file instead)."""
+        return self.train_index_file.table()
 
     @property
     def test_index(self) -> pa.Table:
@@ -63,7 +83,7 @@ class Run:
             from .data import list_split
 
             self.require_test()
-            _ = self.train_index  # the class list the test labels must follow
+            _ = self.train_index_file  # the class list the test labels must follow
             # Test labels are mapped to the train split's classes by name (a missing or extra class is an error).
             self._test_index, _ = list_split(self.test_src, self.cfg.data, self.cfg.data.max_test_per_class,
                                              train=self.train_src)
@@ -93,7 +113,7 @@ class Run:
         storage.check_writable(self.dir, "output_dir")
         storage.write_text(storage.join(self.dir, "config.yaml"), dump_config(self.cfg))
         storage.write_json(storage.join(self.dir, "versions.json"), versions())
-        counts = np.bincount(self.train_index.column("label").to_numpy(), minlength=len(self.classes))
+        counts = np.bincount(self.train_index_file.labels(), minlength=len(self.classes))
         small = [f"{self.classes[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < self.cfg.quantize.ipc)]
         if small and self.cfg.quantize.small_class == "error":  # fail before hours of encoding, not after
             raise UserValueError(f"classes with fewer images than quantize.ipc={self.cfg.quantize.ipc}: "

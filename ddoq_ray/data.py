@@ -1,9 +1,10 @@
 """Ingest: labelled images from HF-style Parquet or ImageFolder trees.
 
-Pure core (no Ray): :func:`list_split` builds a cheap index ``(id, label, file, row)`` of a split,
+Pure core (no Ray): :func:`list_split` builds a cheap index ``(id, label, file, row)`` of a split
+(:mod:`ddoq_ray.index_file` writes it to disk instead, file by file, for the driver),
 :func:`load_arrays` decodes a selection into memory (test split, random baseline) with
-:func:`ddoq_ray.images.decode_batch`. Ray layer: :func:`read_split` streams a split as a Ray Dataset with columns
-``id`` (string), ``label`` (int64, remapped to 0..C-1), ``bytes`` (encoded image).
+:func:`ddoq_ray.images.decode_batch`. Ray layer (:mod:`ddoq_ray.data_ray`): :func:`read_split` streams a split as a
+Ray Dataset with columns ``id`` (string), ``label`` (int64, remapped to 0..C-1), ``bytes`` (encoded image).
 
 Supported inputs
 - Parquet (file, folder of files, or URI): a binary/struct ``image`` column (raw bytes, or HF ``{"bytes": ...}``),
@@ -11,7 +12,7 @@ Supported inputs
 - ImageFolder: ``root/<class name>/**/*.{jpg,jpeg,png,bmp,webp,gif}``; classes = sorted folder names
   (:mod:`ddoq_ray.folders`).
 - WebDataset shards, CIFAR-10/100 python batches, ``hf://datasets/<owner>/<name>`` and string labels:
-  :mod:`ddoq_ray.formats` (dispatched from :func:`detect_format`, :func:`list_split` and :func:`_read_bytes`).
+  :mod:`ddoq_ray.formats` (dispatched from :func:`detect_format`, :func:`list_split` and :func:`read_bytes`).
 Class names (:func:`load_classes`): ``data.classes``, else ImageFolder folder names, else ``classes.json`` beside
 the split, else the Hugging Face ``ClassLabel`` names in the Parquet schema metadata, else none (labels only).
 A test split (``list_split(..., train=...)``) is matched to the train split by class name, so its labels are the
@@ -37,7 +38,7 @@ from .config import DataConfig
 from .errors import DataError
 from .id_checks import duplicate_ids
 from .images import decode_batch
-from .parquet_rows import read_parquet_rows, read_parquet_table
+from .parquet_rows import read_parquet_rows
 
 log = logging.getLogger("ddoq_ray")
 
@@ -68,7 +69,7 @@ def detect_format(source: str, fmt: str = "auto") -> str:
     raise DataError(f"{source}: not a Parquet file/folder or an ImageFolder root (set data.format explicitly)")
 
 
-def _parquet_files(source: str) -> list[str]:
+def parquet_files(source: str) -> list[str]:
     """The Parquet files of a split (locations: local paths or URIs), sorted."""
     if formats.is_hf(source):
         return formats.hf_files(source)
@@ -95,7 +96,7 @@ def _hf_class_names(source: str, label_column: str) -> list[str] | None:
     library writes into Parquet files (``{"info": {"features": {<col>: {"_type": "ClassLabel", "names": [...]}}}}``,
     datasets ``Features.to_dict``); None when absent."""
     try:
-        fs, path = storage.resolve(_parquet_files(source)[0], field="data")
+        fs, path = storage.resolve(parquet_files(source)[0], field="data")
         meta = pq.read_schema(path, filesystem=fs).metadata or {}
     except (DataError, OSError, pa.ArrowException):  # not there (yet): list_split reports it with its columns
         return None
@@ -163,7 +164,7 @@ def split_classes(source: str, dcfg: DataConfig) -> list[str]:
         index, names = formats.string_labels(formats.list_index(fmt, source, dcfg.label_column), None, source)
         return names or [str(i) for i in range(int(pc.max(index.column("orig_label")).as_py()) + 1)]
     top, names = -1, set()
-    for f in _parquet_files(source):
+    for f in parquet_files(source):
         fs, path = storage.resolve(f, field="data")
         labels = pq.read_table(path, filesystem=fs, columns=[dcfg.label_column]).column(dcfg.label_column)
         if pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type):  # HF string labels
@@ -235,34 +236,7 @@ def _list_split(source: str, dcfg: DataConfig, max_per_class: int | None, train:
     if fmt in ("webdataset", "cifar"):
         index = formats.list_index(fmt, source, dcfg.label_column)
     elif fmt == "parquet":
-        parts = []
-        for f in _parquet_files(source):
-            fs, fpath = storage.resolve(f, field="data")
-            schema = pq.read_schema(fpath, filesystem=fs)
-            for col in (dcfg.image_column, dcfg.label_column):
-                if col not in schema.names:
-                    raise DataError(f"{f}: no column {col!r} (columns: {schema.names}); "
-                                    f"set data.image_column / data.label_column")
-            id_col = dcfg.id_column or ("id" if "id" in schema.names else
-                                        "filename" if "filename" in schema.names else None)
-            if dcfg.id_column and dcfg.id_column not in schema.names:
-                raise DataError(f"{f}: no id column {dcfg.id_column!r} (columns: {schema.names})")
-            t = pq.read_table(fpath, filesystem=fs, columns=[dcfg.label_column] + ([id_col] if id_col else []))
-            n = t.num_rows
-            labels = t.column(dcfg.label_column)
-            if labels.null_count:
-                raise DataError(f"{f}: {labels.null_count} rows have a null {dcfg.label_column!r}")
-            ids = (pc.cast(t.column(id_col), pa.string()) if id_col
-                   else pa.array([f"{storage.basename(f)}:{i}" for i in range(n)]))
-            if not (pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type)):  # mapped below
-                labels = pc.cast(labels, pa.int64())
-            # One dictionary entry per Parquet file, 4 bytes per row (a repeated path was ~60 bytes per row,
-            # half the index of a 1.28 M-row split: docs/benchmarks.md, stand-in run).
-            file_col = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)),
-                                                      pa.array([os.fsencode(f)], pa.binary()))
-            parts.append(pa.table({"id": ids, "orig_label": labels, "file": file_col,
-                                   "row": pa.array(np.arange(n, dtype=np.int64))}))
-        index = pa.concat_tables(parts)
+        index = pa.concat_tables([parquet_part(f, dcfg) for f in parquet_files(source)])
     elif storage.is_uri(source):
         index, classes = folders.list_uri_imagefolder(source, classes)
     else:
@@ -270,7 +244,75 @@ def _list_split(source: str, dcfg: DataConfig, max_per_class: int | None, train:
     index, classes = formats.string_labels(index, classes, source)
     if index.num_rows == 0:
         raise DataError(f"{source}: split has no images")
-    orig = index.column("orig_label").to_numpy()
+    orig, mask, new, classes = label_plan(index.column("orig_label").to_numpy(), classes, dcfg, max_per_class,
+                                          train, source)
+    if train is not None:
+        index = index.set_column(index.schema.get_field_index("orig_label"), "orig_label", pa.array(orig))
+    meta = index.schema.metadata
+    if not mask.all():  # a full split (all of ImageNet) keeps its buffers: no copy of the index
+        index = index.filter(pa.array(mask))
+    index = index.append_column("label", pa.array(new))
+    check_unique_ids(index.column("id"), source)
+    return index.select(INDEX_COLUMNS).replace_schema_metadata(meta), classes
+
+
+INDEX_COLUMNS = ["id", "label", "orig_label", "file", "row"]
+
+
+def check_unique_ids(ids: pa.ChunkedArray | pa.Array, source: str) -> None:
+    """Raises DataError when an id occurs twice (8 bytes per row, not a hash table of the strings)."""
+    n_dup, dup = duplicate_ids(ids)
+    if n_dup:
+        raise DataError(f"{source}: {n_dup} duplicate ids, e.g. {dup[0]}; set data.id_column")
+
+
+def parquet_part(f: str, dcfg: DataConfig) -> pa.Table:
+    """The raw index ``{id, orig_label, file, row}`` of one Parquet file (its label and id columns only).
+
+    Raises:
+        DataError: the image, label or configured id column is missing, or a label is null.
+    """
+    fs, fpath = storage.resolve(f, field="data")
+    schema = pq.read_schema(fpath, filesystem=fs)
+    for col in (dcfg.image_column, dcfg.label_column):
+        if col not in schema.names:
+            raise DataError(f"{f}: no column {col!r} (columns: {schema.names}); "
+                            f"set data.image_column / data.label_column")
+    id_col = dcfg.id_column or ("id" if "id" in schema.names else
+                                "filename" if "filename" in schema.names else None)
+    if dcfg.id_column and dcfg.id_column not in schema.names:
+        raise DataError(f"{f}: no id column {dcfg.id_column!r} (columns: {schema.names})")
+    t = pq.read_table(fpath, filesystem=fs, columns=[dcfg.label_column] + ([id_col] if id_col else []))
+    n = t.num_rows
+    labels = t.column(dcfg.label_column)
+    if labels.null_count:
+        raise DataError(f"{f}: {labels.null_count} rows have a null {dcfg.label_column!r}")
+    ids = (pc.cast(t.column(id_col), pa.string()) if id_col
+           else pa.array([f"{storage.basename(f)}:{i}" for i in range(n)], pa.string()))  # typed: an empty file too
+    if not (pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type)):  # mapped later
+        labels = pc.cast(labels, pa.int64())
+    # One dictionary entry per Parquet file, 4 bytes per row (a repeated path was ~60 bytes per row,
+    # half the index of a 1.28 M-row split: docs/benchmarks.md, stand-in run).
+    file_col = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)),
+                                              pa.array([os.fsencode(f)], pa.binary()))
+    return pa.table({"id": ids, "orig_label": labels, "file": file_col,
+                     "row": pa.array(np.arange(n, dtype=np.int64))})
+
+
+def label_plan(orig: np.ndarray, classes: list[str] | None, dcfg: DataConfig, max_per_class: int | None,
+               train: str | None, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Which rows of a split are kept and their labels, from its original labels alone.
+
+    Args:
+        orig: int64 ``[n]`` original labels in index order; ``classes``: their names (None: labels only).
+    Returns:
+        ``(orig, mask, label, classes)``: ``orig`` mapped to the train split's classes when ``train`` is given
+        (else as given), bool ``mask [n]`` of kept rows (``class_subset``, the first ``max_per_class`` of each
+        class in index order), int64 ``label [mask.sum()]`` in 0..C-1, the kept class names in label order.
+    Raises:
+        DataError: labels out of range, ``class_subset`` out of range, a class with no images (see
+        :func:`list_split`).
+    """
     n_classes = len(classes) if classes else int(orig.max()) + 1
     if orig.min() < 0 or orig.max() >= n_classes:
         raise DataError(f"{source}: labels span [{orig.min()}, {orig.max()}] but there are {n_classes} classes")
@@ -279,7 +321,6 @@ def _list_split(source: str, dcfg: DataConfig, max_per_class: int | None, train:
     if train is not None:
         train_classes = split_classes(train, dcfg)
         orig = to_train_labels(orig, classes, named, train_classes, source, train)
-        index = index.set_column(index.schema.get_field_index("orig_label"), "orig_label", pa.array(orig))
         classes, n_classes = train_classes, len(train_classes)
     keep_labels = dcfg.class_subset if dcfg.class_subset is not None else list(range(n_classes))
     bad = [c for c in keep_labels if not 0 <= c < n_classes]
@@ -302,15 +343,7 @@ def _list_split(source: str, dcfg: DataConfig, max_per_class: int | None, train:
         what = f"train classes missing from this split (train: {train})" if train else "classes with no images"
         raise DataError(f"{source}: {what}: {', '.join(empty[:10])}; add images or leave them out "
                         "with data.class_subset")
-    meta = index.schema.metadata
-    if not mask.all():  # a full split (all of ImageNet) keeps its buffers: no copy of the index
-        index = index.filter(pa.array(mask))
-    index = index.append_column("label", pa.array(new[mask]))
-    n_dup, dup = duplicate_ids(index.column("id"))  # 8 bytes per row, not a hash table of the strings
-    if n_dup:
-        raise DataError(f"{source}: {n_dup} duplicate ids, e.g. {dup[0]}; set data.id_column")
-    index = index.select(["id", "label", "orig_label", "file", "row"]).replace_schema_metadata(meta)
-    return index, [classes[c] for c in keep_labels]
+    return orig, mask, (new if mask.all() else new[mask]), [classes[c] for c in keep_labels]
 
 
 def _read_file(loc: str) -> bytes | None:
@@ -320,7 +353,7 @@ def _read_file(loc: str) -> bytes | None:
         return None
 
 
-def _read_bytes(index: pa.Table, image_column: str) -> list[bytes | None]:
+def read_bytes(index: pa.Table, image_column: str) -> list[bytes | None]:
     """Encoded bytes for each index row (Parquet rows grouped per file, only their row groups read; ImageFolder
     files read directly). Files are local paths (non-UTF-8 names allowed) or URIs read through pyarrow's
     filesystems, on whichever node runs this."""
@@ -350,69 +383,9 @@ def load_arrays(index: pa.Table, image_column: str, size: int) -> dict[str, np.n
     Returns:
         ``{"images": uint8 [n,size,size,3], "labels": int64 [n], "ids": str [n], "n_skipped": int}``.
     """
-    raw = _read_bytes(index, image_column)
+    raw = read_bytes(index, image_column)
     batch = decode_batch({"id": np.array(index.column("id").to_pylist(), dtype=object),
                           "label": index.column("label").to_numpy(), "bytes": raw}, size)
     ok = batch["ok"]
     return {"images": batch["image"][ok], "labels": batch["label"][ok].astype(np.int64),
             "ids": batch["id"][ok], "n_skipped": int((~ok).sum())}
-
-
-# ---------------------------------------------------------------- Ray layer
-
-
-def read_split(index: pa.Table, image_column: str, rows_per_block: int = 2048):
-    """A Ray Dataset ``{id, label, bytes}`` over an index from :func:`list_split`, in blocks of ``rows_per_block``
-    consecutive index rows (:func:`read_blocks`)."""
-    slim = index.select(["id", "label", "file", "row"])
-    return read_blocks([slim.slice(s, rows_per_block) for s in range(0, slim.num_rows, rows_per_block)],
-                       image_column)
-
-
-def read_index_blocks(index_loc: str, blocks: list[list[tuple[int, int]]], image_column: str):
-    """A Ray Dataset ``{id, label, bytes, pos}``, one block per entry of ``blocks`` (row ranges ``[start, stop)``
-    of the index file ``index_loc``, a Parquet copy of a :func:`list_split` index; ``pos`` is the row in it).
-
-    Each block's task reads its index rows from that file (only the row groups holding them) and then its images,
-    so the driver ships a few integers per block, not the index: blocks of the index itself, put into the object
-    store by the driver, kept a second copy of it in the driver's shared pages (docs/benchmarks.md, stand-in run).
-    """
-    import ray
-
-    items = [{"ranges": [list(r) for r in b]} for b in blocks]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))  # one block per entry
-
-    def _rows(batch: pa.Table) -> pa.Table:
-        pos = np.concatenate([np.arange(a, b, dtype=np.int64) for rs in batch.column("ranges").to_pylist()
-                              for a, b in rs])
-        rows = read_parquet_table(index_loc, ["id", "label", "file", "row"], pos)
-        return rows.append_column("pos", pa.array(pos))
-
-    return _with_bytes(ds.map_batches(_rows, batch_format="pyarrow", batch_size=None, num_cpus=0.25),
-                       image_column, ("pos",))
-
-
-def read_blocks(blocks: list[pa.Table], image_column: str, keep: tuple[str, ...] = ()):
-    """A Ray Dataset ``{id, label, bytes, *keep}``, one block per given slice of an index (columns ``id``,
-    ``label``, ``file``, ``row`` and ``keep``, passed through unchanged).
-
-    Each block reads its own rows (the row groups that hold them, per Parquet file; or one file read per image), so
-    the driver never holds image bytes and a 1.28 M-image ImageNet split streams through the cluster.
-    """
-    import ray
-
-    # One block per slice of the index (no all-to-all repartition: it needs whole CPUs that a full actor pool
-    # on a small node never frees, the Ray Data deadlock of env notes G6).
-    ds = ray.data.from_arrow([b.select(["id", "label", "file", "row", *keep]) for b in blocks])
-    return _with_bytes(ds, image_column, keep)
-
-
-def _with_bytes(ds, image_column: str, keep: tuple[str, ...]):
-    """Map index rows (``id, label, file, row, *keep``) to ``{id, label, bytes, *keep}``, one task per block."""
-
-    def _load(batch: pa.Table) -> pa.Table:
-        raw = _read_bytes(batch, image_column)
-        return pa.table({"id": batch.column("id"), "label": batch.column("label"),
-                         "bytes": pa.array(raw, pa.binary()), **{k: batch.column(k) for k in keep}})
-
-    return ds.map_batches(_load, batch_format="pyarrow", batch_size=None, num_cpus=0.25)

@@ -31,10 +31,11 @@ import pyarrow.compute as pc
 from . import storage
 from .artifacts.latents import META, file_rows, scan_shard, shard_dirs, shard_files, to_tensor_array
 from .config import RunConfig
-from .data import read_index_blocks
+from .data_ray import read_index_blocks
 from .driver_memory import mark, release
 from .id_checks import same_ids
 from .images import decode_batch
+from .index_file import IndexFile, copy_columns, id_slice
 
 
 # torch/diffusers load lazily: quantize tasks import this module only to read latents (saves ~0.6 GB per worker).
@@ -112,17 +113,18 @@ class VAEEncoder:
         })
 
 
-def plan_shards(index: pa.Table, shard_rows: int) -> list[dict]:
-    """Deterministic shards of the index: contiguous row ranges of ``shard_rows`` rows (the index itself is in a
-    fixed order: files sorted, rows in file order).
+def plan_shards(index: pa.Table | IndexFile, shard_rows: int) -> list[dict]:
+    """Deterministic shards of the index (in memory or on disk): contiguous row ranges of ``shard_rows`` rows
+    (the index itself is in a fixed order: files sorted, rows in file order).
 
     Returns:
         ``[{"id": "00000", "start": int, "stop": int, "sha1": hex of the shard's ids}]``; a resumed attempt is only
         reused shard by shard when this plan is identical (same rows in the same shards).
     """
-    col, out = index.column("id"), []
-    for i, start in enumerate(range(0, len(col), shard_rows)):
-        chunk = col.slice(start, shard_rows).to_pylist()  # Python strings for one shard at a time, not all 1.28 M
+    out, n = [], index.num_rows
+    for i, start in enumerate(range(0, n, shard_rows)):
+        # Python strings for one shard at a time, not all 1.28 M
+        chunk = id_slice(index, start, min(n, start + shard_rows)).to_pylist()
         out.append({"id": f"{i:05d}", "start": start, "stop": start + len(chunk),
                     "sha1": hashlib.sha1("\n".join(chunk).encode("utf-8", "surrogatepass")).hexdigest()})
     return out
@@ -170,12 +172,16 @@ def todo_blocks(todo: list[dict], rows_per_block: int = ROWS_PER_BLOCK) -> list[
     return [blocks[g] for g in sorted(blocks)]
 
 
-def write_index(out: str, index: pa.Table) -> str:
+def write_index(out: str, index: pa.Table | IndexFile) -> str:
     """``<attempt>/index.parquet``: the encoded index (``id, label, file, row``; row groups on the read-block grid),
-    which the read tasks take their rows from (:func:`ddoq_ray.data.read_index_blocks`); also the record of what
-    this attempt encoded. Returns its location."""
+    which the read tasks take their rows from (:func:`ddoq_ray.data_ray.read_index_blocks`); also the record of what
+    this attempt encoded. An :class:`IndexFile` is copied a row group at a time. Returns its location."""
     loc = storage.join(out, "index.parquet")
-    storage.write_parquet(index.select(["id", "label", "file", "row"]), loc, row_group_size=ROWS_PER_BLOCK)
+    cols = ["id", "label", "file", "row"]
+    if isinstance(index, IndexFile):
+        copy_columns(index, loc, cols)
+    else:
+        storage.write_parquet(index.select(cols), loc, row_group_size=ROWS_PER_BLOCK)
     return loc
 
 
@@ -214,10 +220,11 @@ def write_rows(batch: pa.Table, out: str, starts: list[int], ids: list[str]) -> 
                                          pa.int64())})
 
 
-def encode_stream(cfg: RunConfig, index: pa.Table, todo: list[dict], vae_path: str, shape, device: str,
+def encode_stream(cfg: RunConfig, index_loc: str, todo: list[dict], vae_path: str, shape, device: str,
                   out: str):
     """One Ray Data pipeline over the rows of every shard in ``todo``: read -> decode -> encoder actor pool (started
-    once for the whole run) -> :func:`write_rows` tasks. Yields the per-block counts of :func:`write_rows` as
+    once for the whole run) -> :func:`write_rows` tasks; the read tasks take their rows from the attempt's index
+    file ``index_loc`` (:func:`write_index`). Yields the per-block counts of :func:`write_rows` as
     their files are written (pyarrow Tables), so the driver holds counts only, never latents."""
     import ray
 
@@ -226,7 +233,7 @@ def encode_stream(cfg: RunConfig, index: pa.Table, todo: list[dict], vae_path: s
     # Tasks of several encoder batches: Ray Data keeps a stats record per task output block in the driver for the
     # whole run (ray-project/ray#66016), ~35 bytes per row at 128 rows per task (docs/benchmarks.md, stand-in).
     rows_per_task = ecfg.batch_size * ecfg.batches_per_task
-    ds = read_index_blocks(write_index(out, index), todo_blocks(todo), cfg.data.image_column)
+    ds = read_index_blocks(index_loc, todo_blocks(todo), cfg.data.image_column)
     ds = ds.map_batches(decode_rows, fn_kwargs={"size": cfg.data.image_size}, batch_size=rows_per_task,
                         batch_format="numpy", num_cpus=0.5)
     ds = ds.map_batches(
@@ -275,8 +282,11 @@ def commit_shards(counts, out: str, todo: list[dict]) -> None:
         raise RuntimeError(f"encode: the stream ended with shards short of rows: {dict(list(short.items())[:5])}")
 
 
-def run_encode(cfg: RunConfig, index: pa.Table, vae_path: str, out: str, summary: dict) -> None:
+def run_encode(cfg: RunConfig, index: pa.Table | IndexFile, vae_path: str, out: str, summary: dict) -> None:
     """Encode every row of ``index`` into the attempt folder ``out`` (see module docstring), shard by shard.
+
+    ``index`` is copied to ``<out>/index.parquet`` first, and the shard plan, the read tasks and the accounting
+    all read that one copy, so the driver holds one shard's ids at a time, never the index.
 
     Shards that already have a done marker in ``out`` (an attempt resumed after a crash) are kept; the others are
     (re-)encoded in one streaming pipeline (:func:`encode_stream`: the actors start and load the model once per
@@ -289,6 +299,8 @@ def run_encode(cfg: RunConfig, index: pa.Table, vae_path: str, out: str, summary
     shape = latent_shape(vae_path, ecfg.vae_kind, size)
     device = actor_device(cfg.ray, ecfg.num_gpus_per_actor, "encode")
     configure_data(cfg.ray)  # before the Datasets are built
+    index_loc = write_index(out, index)
+    index = IndexFile(index_loc)
     plan = plan_shards(index, ecfg.shard_rows)
     plan_loc = storage.join(out, "shards.json")
     if storage.is_file(plan_loc) and storage.read_json(plan_loc) != plan:  # other rows or shard size: start over
@@ -304,7 +316,7 @@ def run_encode(cfg: RunConfig, index: pa.Table, vae_path: str, out: str, summary
     for s in todo:
         storage.delete_dir(storage.join(out, "latents", f"shard={s['id']}"))  # partial files of a killed attempt
     if todo:
-        stream = encode_stream(cfg, index, todo, vae_path, shape, device, out)
+        stream = encode_stream(cfg, index_loc, todo, vae_path, shape, device, out)
         try:
             commit_shards(stream, out, todo)
         finally:
@@ -318,7 +330,7 @@ def run_encode(cfg: RunConfig, index: pa.Table, vae_path: str, out: str, summary
     summary.update({"shards": len(plan), "resumed_shards": len(plan) - len(todo), "encoded_shards": len(todo)})
 
 
-def account(out: str, index: pa.Table, plan: list[dict]) -> dict:
+def account(out: str, index: pa.Table | IndexFile, plan: list[dict]) -> dict:
     """Check ``input = encoded + skipped`` shard by shard: each shard's files hold exactly the ids of its plan rows
     (no id missing, none twice; the index's ids are unique, checked when it was listed, so no id is in two
     shards). Write ``skipped.parquet``; return the counts.
@@ -332,11 +344,10 @@ def account(out: str, index: pa.Table, plan: list[dict]) -> dict:
     stray = sorted(set(shard_dirs(storage.join(out, "latents"))) - {f"shard={s['id']}" for s in plan})
     if stray:
         raise RuntimeError(f"encode: {out}/latents holds shards that are not in the plan: {stray[:3]}")
-    ids = index.column("id")
     encoded, per_class, seen, skipped = 0, {}, set(), []
     for s in plan:
         t = scan_shard(out, s["id"], columns=["id", "label", "status", "error"])
-        missing, extra = same_ids(t.column("id"), ids.slice(s["start"], s["stop"] - s["start"]))
+        missing, extra = same_ids(t.column("id"), id_slice(index, s["start"], s["stop"]))
         if missing or extra:
             raise RuntimeError(f"encode: shard {s['id']} of {out}/latents holds {t.num_rows} rows for "
                                f"{s['stop'] - s['start']} inputs: missing e.g. {missing[:3]}, unexpected or "
@@ -363,4 +374,4 @@ def account(out: str, index: pa.Table, plan: list[dict]) -> dict:
 
 def encode_stage(run, out: str, summary: dict) -> None:
     """The registered ``encode`` stage (:mod:`ddoq_ray.stages`): the run's whole train index."""
-    run_encode(run.cfg, run.train_index, run.vae_path, out, summary)
+    run_encode(run.cfg, run.train_index_file, run.vae_path, out, summary)

@@ -27,19 +27,25 @@ def id_hashes(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return out
 
 
+def duplicate_positions(hashes: np.ndarray) -> np.ndarray:
+    """int64 ``[m]``, sorted: the rows whose 64-bit hash (:func:`id_hashes`) equals another row's: every duplicate
+    id is among them (with any hash collision, which a string comparison of these rows tells apart)."""
+    order = np.argsort(hashes, kind="stable")
+    hs = hashes[order]
+    same = np.flatnonzero(hs[1:] == hs[:-1])
+    del hs
+    return np.unique(np.concatenate([order[same], order[same + 1]])).astype(np.int64)
+
+
 def duplicate_ids(ids: pa.ChunkedArray | pa.Array, limit: int = 10) -> tuple[int, list[str]]:
     """How many distinct ids occur more than once, and up to ``limit`` of them (sorted).
 
     Exact: rows whose 64-bit hashes collide are compared as strings, so a hash collision is never reported as a
     duplicate. Memory: ~24 bytes per row (hashes, their sort order), freed on return.
     """
-    h = id_hashes(ids)
-    order = np.argsort(h, kind="stable")
-    hs = h[order]
-    same = np.flatnonzero(hs[1:] == hs[:-1])
-    if not same.size:
+    rows = duplicate_positions(id_hashes(ids))
+    if not rows.size:
         return 0, []
-    rows = np.unique(np.concatenate([order[same], order[same + 1]]))
     counts = Counter(ids.take(pa.array(rows)).to_pylist())
     dup = sorted(v for v, c in counts.items() if c > 1)
     return len(dup), dup[:limit]

@@ -98,7 +98,7 @@ def run_all(cfg: RunConfig, stages: tuple[str, ...] = STAGES, force: bool = Fals
             try:
                 from .report import build_report
 
-                build_report(run.dir, index=run.train_index)
+                build_report(run.dir, index=run.train_index_file)
                 release()
                 mark("report written")
             except Exception as e:  # noqa: BLE001 - a broken plot must never fail a finished run

@@ -128,12 +128,12 @@ def _real_images(run_dir: str, per_class: int, index=None) -> tuple[dict, dict]:
     """A few real images per class, and the first student seed's random-subset images (the very images those
     students trained on, from the subsets stage), from the run's own config and data.
 
-    ``index``: the run's train index when the caller has it (else the split is listed again). Arrow throughout:
-    Python objects for every assignment and id held ~500 bytes per train row in the driver.
+    ``index``: the run's train :class:`ddoq_ray.index_file.IndexFile` when the caller has it (else the split is
+    listed again); only the chosen rows are read from it. Arrow throughout: Python objects for every assignment
+    and id held ~500 bytes per train row in the driver.
 
     Returns ``({label: uint8 [n,H,W,3]}, {label: uint8 [...]})``; empty dicts when the data is not reachable here.
     """
-    import pyarrow as pa
     import pyarrow.compute as pc
     import yaml
 
@@ -145,7 +145,7 @@ def _real_images(run_dir: str, per_class: int, index=None) -> tuple[dict, dict]:
 
     try:
         cfg = RunConfig.model_validate(yaml.safe_load(storage.read_text(storage.join(run_dir, "config.yaml"))))
-        index = Run(cfg).train_index if index is None else index
+        index = Run(cfg).train_index_file if index is None else index
         q = _stage(run_dir, "quantize")
         labels = sorted({int(r["label"]) for r in read_class_table(q)})[:MAX_CLASSES]
         asg = read_assignments(q, columns=["id", "label"], algorithm=_first_algorithm(q), labels=labels)
@@ -159,8 +159,7 @@ def _real_images(run_dir: str, per_class: int, index=None) -> tuple[dict, dict]:
         real_ids.update(pc.take(ids_c, pc.array_sort_indices(ids_c)).slice(0, per_class).to_pylist())
 
     def pick(chosen: set[str]) -> dict:
-        keep = pc.is_in(index.column("id"), value_set=pa.array(sorted(chosen), pa.string()))
-        arr = load_arrays(index.filter(keep), cfg.data.image_column, 64)
+        arr = load_arrays(index.rows_with_ids(chosen), cfg.data.image_column, 64)
         return {c: arr["images"][arr["labels"] == c] for c in labels}
 
     return pick(real_ids), pick(rand_ids)
@@ -283,7 +282,8 @@ def build_report(run_dir: str | Path, extra_runs: list[str | Path] = (), real_pe
     Args:
         run_dir: a run directory (local path or URI) with at least ``results.json`` and the quantize stage.
         extra_runs: more run directories (e.g. other IPCs) for the W2-vs-IPC plot.
-        index: the run's train index (``data.list_split``) when the caller holds it; else it is listed again.
+        index: the run's train :class:`ddoq_ray.index_file.IndexFile` (``Run.train_index_file``) when the caller
+            holds it; else the split is listed again.
     Returns:
         ``{"html": path, "md": path, "figures": [names], "classes": n}``.
     Raises:

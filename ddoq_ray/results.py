@@ -139,7 +139,7 @@ def write_results(run) -> dict:
         marker = committed(d, stage)
         if marker is not None:
             res["stages"][stage] = marker
-    ignored = (run.train_index.schema.metadata or {}).get(b"ignored_files")
+    ignored = (run.train_index_file.metadata or {}).get(b"ignored_files")
     res["ignored_files"] = json.loads(ignored) if ignored else []
     dec = None
     if "quantize" in res["stages"]:

@@ -45,7 +45,7 @@ def teacher_stage(run, out: str, summary: dict) -> None:
     from .students.teachers import build_teacher
 
     cfg, tcfg = run.cfg, run.cfg.train
-    _ = run.train_index  # lists the split and sets run.classes
+    _ = run.train_index_file  # lists the split and sets run.classes
     n_classes = len(run.classes)
     kind, spec, source, arch = teacher_spec(run)
     if kind == "trained":

@@ -38,7 +38,7 @@ def _old_per_shard_latents(cfg, index, shape) -> pa.Table:
     """The previous design's pipeline for one shard (read_split -> decode_batch -> VAEEncoder), collected."""
     import ray
 
-    from ddoq_ray.data import read_split
+    from ddoq_ray.data_ray import read_split
 
     e = cfg.encode
     ds = read_split(index, cfg.data.image_column).map_batches(
@@ -114,7 +114,7 @@ def test_parquet_read_touches_only_the_row_groups_of_its_rows(tmp_path, monkeypa
     monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("whole-column read"))
     index = pa.table({"id": ["a", "b", "c", "d"], "label": [0] * 4, "file": [str(f).encode()] * 4,
                       "row": [37, 3, 99, 30]})
-    assert data._read_bytes(index, "image") == [b"img37", b"img3", b"img99", b"img30"]
+    assert data.read_bytes(index, "image") == [b"img37", b"img3", b"img99", b"img30"]
     assert read == [[0, 3, 9]]
 
 

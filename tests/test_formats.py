@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from ddoq_ray.config import DataConfig
-from ddoq_ray.data import detect_format, list_split, load_arrays, load_classes, read_split
+from ddoq_ray.data import detect_format, list_split, load_arrays, load_classes
+from ddoq_ray.data_ray import read_split
 from ddoq_ray.errors import FormatError
 from ddoq_ray.images import decode_batch
 
