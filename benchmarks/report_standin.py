@@ -57,7 +57,10 @@ def derived(st: dict) -> list[str]:
                    "a dataset over every latent file), 890 after the first fixes (transient copies of the id column "
                    "in listing and accounting, the report's per-file sha256 rows and per-row Python objects), then "
                    "the id checks at 8 bytes per row, the accounting shard by shard, the report's latents one row per "
-                   "shard, and the read tasks taking their index rows from the attempt's index.parquet.")
+                   "shard, the read tasks taking their index rows from the attempt's index.parquet, and (2026-12-03) "
+                   "the index itself kept on disk: a Parquet split listed file by file into a Parquet index "
+                   "(ddoq_ray/index_file.py) that encode, the accounting and the report read a shard or a few rows "
+                   "at a time.")
     full = rows[-1]
     core_ms = st["machine"]["cores"] * full["overhead_ms_per_img"]
     out.append(f"The pipeline's own cost at full size: {full['overhead_ms_per_img']} ms of wall per image on "
