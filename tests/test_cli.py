@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_export import fake_run  # noqa: F401 - a fixture: a finished run with a decode stage
 
 from ddoq_ray.cli import main
@@ -49,6 +50,7 @@ def _cli(*args, log=None):
                               stderr=subprocess.STDOUT, timeout=900)
 
 
+@pytest.mark.slow  # 59 s; default-suite budget (README "Tests")
 def test_run_output_is_short_and_ends_with_table_and_report(assets, tmp_path):
     out, log = tmp_path / "run", tmp_path / "log"
     sets = [a for s in [f"output_dir={out}", *TINY] for a in ("--set", s)]

@@ -168,6 +168,7 @@ def test_hard_mode_ignores_the_teacher():
     assert a == b
 
 
+@pytest.mark.slow  # 62 s; default-suite budget (README "Tests")
 @needs_assets
 def test_precomputed_matches_online_accuracy_on_cifar(tmp_path):
     """100 real CIFAR-10 images, ResNet-56 teacher, ConvNet-3 for 20 epochs, 500 test images."""

@@ -270,6 +270,7 @@ def test_per_architecture_default_lr():
 
 
 
+@pytest.mark.slow  # 43 s; default-suite budget (README "Tests")
 @needs_assets
 def test_killed_worker_resumes_from_checkpoint(ray_session, tmp_path):
     """The worker exits (os._exit) right after its epoch-4 checkpoint on the first attempt; Ray Train restarts it
@@ -311,6 +312,7 @@ def test_student_concurrency_fits_the_cluster(monkeypatch):
         TrainConfig(concurrent_students=0)
 
 
+@pytest.mark.slow  # 35 s; default-suite budget (README "Tests")
 def test_students_in_parallel_match_students_in_sequence(ray_session, tmp_path):
     """Two TorchTrainers at once (1 CPU each on the 2-CPU test cluster) give exactly the accuracies of the same
     students trained one after another in this process on 1 thread: concurrency changes scheduling, not results."""
