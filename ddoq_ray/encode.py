@@ -35,7 +35,7 @@ from .data_ray import read_index_blocks
 from .driver_memory import mark, release
 from .id_checks import same_ids
 from .images import decode_batch
-from .index_file import IndexFile, copy_columns, id_slice
+from .index_file import ROWS_PER_GROUP, IndexFile, copy_columns, id_slice
 
 
 # torch/diffusers load lazily: quantize tasks import this module only to read latents (saves ~0.6 GB per worker).
@@ -150,7 +150,7 @@ def shard_counts(out: str, sid: str, rows: int) -> dict:
     return {"rows": rows, "encoded": ok, "skipped": rows - ok}
 
 
-ROWS_PER_BLOCK = 2048  # read blocks (and the index file's row groups) on a fixed grid of the whole index
+ROWS_PER_BLOCK = ROWS_PER_GROUP  # read blocks on the index file's row-group grid (one home: index_file)
 
 
 def todo_blocks(todo: list[dict], rows_per_block: int = ROWS_PER_BLOCK) -> list[list[tuple[int, int]]]:

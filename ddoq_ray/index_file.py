@@ -28,7 +28,7 @@ from .errors import DataError
 from .id_checks import duplicate_positions, id_hashes
 from .parquet_rows import read_parquet_table
 
-ROWS_PER_GROUP = 2048  # the read-block grid of encode (ddoq_ray.encode.ROWS_PER_BLOCK)
+ROWS_PER_GROUP = 2048  # row groups of the index file; encode cuts its read blocks on this grid (ROWS_PER_BLOCK)
 
 
 class IndexFile:
