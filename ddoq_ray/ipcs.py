@@ -79,7 +79,8 @@ def write_summary(cfgs: list[RunConfig], results: list[dict]) -> dict:
     """``<output_dir>/ipcs.json`` (per IPC: run directory, mean latent W2 per clustering and weight scheme,
     per-method top-1 mean/std) and ``w2_vs_ipc.png``; each IPC's report, written here (not by
     :func:`~ddoq_ray.pipeline.run_all`) with the other IPCs so it shows the plot. Returns the summary."""
-    from .report import build_report, w2_series, w2_vs_ipc
+    from .report import build_report
+    from .report_plots import w2_series, w2_vs_ipc
 
     parent = storage.normalize(cfgs[0].output_dir).rsplit("/", 1)[0]
     rows = []

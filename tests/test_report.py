@@ -35,7 +35,7 @@ def test_w2_vs_ipc_plot_appears_with_runs_at_several_ipcs(tmp_path):
 def test_sha256_lists_latents_one_row_per_shard_and_hashes_the_rest(tmp_path):
     import hashlib
 
-    from ddoq_ray.report import sha256_files
+    from ddoq_ray.checksums import sha256_files
 
     att = tmp_path / "encode" / "attempt-1"
     for shard, labels in (("00000", [0, 1, 2]), ("00001", [0])):
